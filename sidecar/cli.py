@@ -1,0 +1,70 @@
+"""Command line: ``python -m sidecar`` / ``llama-sidecar``.
+
+Guards stdout before anything else runs, configures stderr logging, and
+serves JSON-RPC on stdin/stdout until told to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import NoReturn, cast
+
+from .engine.api import Engine
+from .transport import DEFAULT_MAX_LINE_BYTES, ByteSource, protect_stdout
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the sidecar; exits the process with the server's status."""
+    args = _parse(argv)
+    protocol_stream = protect_stdout()  # before llama.cpp can write to fd 1
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="sidecar %(levelname)s %(name)s: %(message)s",
+    )
+    from .server import Server  # after the guard: nothing imported before it may print
+
+    server = Server(
+        cast(ByteSource, sys.stdin.buffer),  # a BufferedReader, which has read1
+        protocol_stream,
+        max_line_bytes=args.max_line_bytes,
+        engine_factory=_llama_cpp_engine,
+    )
+    status = asyncio.run(server.serve())
+    logging.shutdown()
+    # Worker threads may still sit in native code; waiting for them could
+    # outlast the host's patience, and every model is already freed or abandoned.
+    os._exit(status)
+
+
+def _llama_cpp_engine() -> Engine:
+    # Imported on the first loadModel: start-up stays fast and idle memory small.
+    from .engine.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="llama-sidecar",
+        description="Serve llama.cpp over newline-delimited JSON-RPC 2.0 on stdin/stdout.",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longest input line accepted; longer lines get error -32010 (default: 16 MiB)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="stderr log level (default: info)",
+    )
+    return parser.parse_args(argv)

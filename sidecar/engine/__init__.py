@@ -1,0 +1,1 @@
+"""Inference engines: the contract (``api``) and the llama.cpp adapter (``llamacpp``)."""

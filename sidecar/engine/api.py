@@ -1,0 +1,121 @@
+"""The engine contract: what the service needs from an inference backend.
+
+Plain records and ``Protocol`` classes, no imports of ``llama_cpp``. The
+llama.cpp adapter (``sidecar.engine.llamacpp``) implements them; tests of the
+layers above may use a fake. Nothing here knows JSON-RPC or the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = [
+    "ChatMessage",
+    "Engine",
+    "EngineModel",
+    "FinishReason",
+    "GenerationOutcome",
+    "LoadOptions",
+    "ModelFacts",
+    "SamplingOptions",
+    "StopCheck",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+StopCheck = Callable[[], bool]
+
+
+@dataclass(slots=True, frozen=True)
+class LoadOptions:
+    """How to load a model; ``None`` means the engine's default."""
+
+    context_size: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    batch_size: int | None = None
+    use_mmap: bool | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ModelFacts:
+    """What a loaded model is, as reported to the host."""
+
+    context_size: int
+    train_context_size: int
+    vocab_size: int
+    size_bytes: int
+    architecture: str
+    name: str | None
+    has_chat_template: bool
+
+
+@dataclass(slots=True, frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingOptions:
+    """How to pick tokens and when to stop; ``max_tokens=None`` fills the context."""
+
+    seed: int
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class GenerationOutcome:
+    """How a generation ended and what it cost."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_ns: int  # start of generation -> first token sampled (prompt processing)
+    decode_ns: int  # first token -> last token
+
+
+class EngineModel(Protocol):
+    """One loaded model. Never called from two threads at once."""
+
+    @property
+    def facts(self) -> ModelFacts: ...
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        """Tokens of ``messages`` rendered with the model's own chat template, and its stop strings."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a raw completion prompt, with the model's BOS rule applied."""
+        ...
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingOptions,
+        on_text: Callable[[str], None],
+        should_stop: StopCheck,
+    ) -> GenerationOutcome:
+        """Generate, calling ``on_text`` with each complete UTF-8 piece.
+
+        ``should_stop`` is polled between tokens and during prompt processing;
+        when it turns true the outcome is ``cancelled``.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """Loads models."""
+
+    def load(self, path: str, options: LoadOptions) -> EngineModel:
+        """Load the file at ``path``; raise ``ModelLoadFailed`` with llama.cpp's reason."""
+        ...

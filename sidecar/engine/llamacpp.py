@@ -1,0 +1,280 @@
+"""The llama.cpp adapter: the only module that imports ``llama_cpp``.
+
+Loads GGUF files, renders chat templates, and runs the token loop with
+cancellation (between tokens, and during prompt processing through
+llama.cpp's abort callback). llama.cpp's own log lines go to the stderr log
+and its error lines become the reason of a failed load. It knows nothing of
+JSON-RPC, request ids, queues or which thread calls it (the service makes
+sure one model is used by one thread at a time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from ..errors import ContextOverflow, GenerationFailed, InvalidParams, ModelFileNotFound, ModelLoadFailed
+from .api import (
+    ChatMessage,
+    FinishReason,
+    GenerationOutcome,
+    LoadOptions,
+    ModelFacts,
+    SamplingOptions,
+    StopCheck,
+)
+from .gguf_header import GgufHeaderError, read_metadata
+from .text import TextAssembler
+
+__all__ = ["LlamaCppEngine"]
+
+log = logging.getLogger("sidecar.llama")
+
+DEFAULT_CONTEXT_SIZE = 4096
+# llama.cpp rounds n_ctx up to a multiple of 256 but llama-cpp-python sizes its
+# token buffer from the value passed; passing a multiple keeps the two equal.
+_CONTEXT_GRANULE = 256
+# ggml_log_level as llama.cpp defines it today (llama-cpp-python's own table is older).
+_LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
+
+_recent = threading.local()  # per thread: the llama.cpp error lines of the current load
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _on_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    line = text.decode("utf-8", errors="replace").rstrip()
+    if level == _LOG_CONTINUE:
+        level = getattr(_recent, "level", 0)
+    _recent.level = level
+    if not line:
+        return
+    if level == _LOG_ERROR:
+        lines: deque[str] | None = getattr(_recent, "lines", None)
+        if lines is not None:
+            lines.append(line)
+        log.error("%s", line)
+    elif level == _LOG_WARN:
+        log.warning("%s", line)
+    else:
+        log.debug("%s", line)
+
+
+llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+
+
+class LlamaCppEngine:
+    """Loads GGUF files with llama-cpp-python."""
+
+    def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
+        _check_readable(path)
+        try:
+            header = read_metadata(path)
+        except (GgufHeaderError, OSError) as exc:
+            raise ModelLoadFailed(f"Could not load {path}: {exc}.", {"reason": str(exc)}) from exc
+        train_context = _int_field(header, f"{header.get('general.architecture')}.context_length")
+        context_size = _context_size(options.context_size, train_context)
+        threads = options.threads or os.cpu_count() or 1
+        _recent.lines = deque(maxlen=8)
+        try:
+            llm = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=context_size,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=options.gpu_layers or 0,
+                n_batch=options.batch_size or 512,
+                use_mmap=True if options.use_mmap is None else options.use_mmap,
+                # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at
+                # /dev/null during loads; our log callback decides what is shown.
+                verbose=True,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            reason = "; ".join(_recent.lines) or str(exc)
+            raise ModelLoadFailed(f"llama.cpp could not load {path}: {reason}", {"reason": reason}) from exc
+        finally:
+            _recent.lines = None
+        return LlamaCppModel(llm, path)
+
+
+class LlamaCppModel:
+    """One ``llama_cpp.Llama`` and what the service needs of it."""
+
+    def __init__(self, llm: llama_cpp.Llama, path: str) -> None:
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        self._pieces: dict[int, bytes] = {}
+        self._stop_requested: StopCheck = _never
+        # Keep a reference: llama.cpp holds only the C pointer.
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._stop_requested())
+        self._no_abort_callback = llama_cpp.ggml_abort_callback()
+        metadata: dict[str, str] = llm.metadata
+        template = metadata.get("tokenizer.chat_template")
+        self._chat = _chat_formatter(llm, template) if template else None
+        self._facts = ModelFacts(
+            context_size=llm.n_ctx(),
+            train_context_size=llm._model.n_ctx_train(),
+            vocab_size=llm.n_vocab(),
+            size_bytes=os.path.getsize(path),
+            architecture=metadata.get("general.architecture", "unknown"),
+            name=metadata.get("general.name"),
+            has_chat_template=template is not None,
+        )
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self._facts
+
+    def tokenize(self, text: str) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return tokens
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        if self._chat is None:
+            raise InvalidParams(
+                "Invalid params: this model has no chat template; send 'prompt' instead of 'messages'."
+            )
+        as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
+        rendered = self._chat(messages=as_dicts)
+        tokens: list[int] = self._llm.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return tokens, tuple(stops)
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingOptions,
+        on_text: Callable[[str], None],
+        should_stop: StopCheck,
+    ) -> GenerationOutcome:
+        context = self._facts.context_size
+        if len(prompt_tokens) >= context:
+            raise ContextOverflow(
+                f"The prompt has {len(prompt_tokens)} tokens; the context holds {context}.",
+                {"promptTokens": len(prompt_tokens), "contextSize": context},
+            )
+        budget = context - len(prompt_tokens)
+        if sampling.max_tokens is not None:
+            budget = min(budget, sampling.max_tokens)
+        assembler = TextAssembler(sampling.stop)
+        llm = self._llm
+        llm.set_seed(sampling.seed)
+        self._stop_requested = should_stop
+        llama_cpp.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
+        started = time.perf_counter_ns()
+        first_token_at = last_token_at = 0
+        produced = 0
+        finish: FinishReason = "length"
+        tokens = llm.generate(
+            prompt_tokens,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+        )
+        try:
+            for token in tokens:
+                last_token_at = time.perf_counter_ns()
+                if not first_token_at:
+                    first_token_at = last_token_at
+                    # Per-token checks cover decoding; the abort callback runs once per
+                    # graph node, too costly to keep while decoding.
+                    llama_cpp.llama_set_abort_callback(llm.ctx, self._no_abort_callback, None)
+                if should_stop():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    finish = "stop"
+                    break
+                produced += 1
+                if text := assembler.push(self._piece(token)):
+                    on_text(text)
+                if assembler.stopped:
+                    finish = "stop"
+                    break
+                if produced >= budget:
+                    break
+        except RuntimeError as exc:
+            if not should_stop():
+                raise GenerationFailed(f"llama.cpp failed while generating: {exc}.") from exc
+            finish = "cancelled"
+        finally:
+            tokens.close()
+            llama_cpp.llama_set_abort_callback(llm.ctx, self._no_abort_callback, None)
+            self._stop_requested = _never
+        if tail := assembler.finish():
+            on_text(tail)
+        end = last_token_at or time.perf_counter_ns()
+        return GenerationOutcome(
+            finish_reason=finish,
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=produced,
+            prompt_ns=(first_token_at or end) - started,
+            decode_ns=end - (first_token_at or end),
+        )
+
+    def close(self) -> None:
+        self._llm.close()
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = _token_bytes(self._vocab, token)
+        return piece
+
+
+def _token_bytes(vocab: Any, token: int) -> bytes:
+    """The bytes of one token, however long (llama-cpp-python's helper caps at 32)."""
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if written >= 0:
+            return buffer.raw[:written]
+        size = -written
+
+
+def _chat_formatter(llm: llama_cpp.Llama, template: str) -> Jinja2ChatFormatter:
+    def token_text(token: int) -> str:
+        return llm._model.token_get_text(token) if token >= 0 else ""
+
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=token_text(llm.token_eos()),
+        bos_token=token_text(llm.token_bos()),
+        stop_token_ids=[llm.token_eos()],
+    )
+
+
+def _check_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise ModelFileNotFound(f"Model file not found: {path}", {"modelPath": path})
+    if os.path.isdir(path):
+        raise ModelLoadFailed(f"Could not load {path}: it is a directory.", {"reason": "is a directory"})
+    if not os.access(path, os.R_OK):
+        raise ModelLoadFailed(f"Could not load {path}: permission denied.", {"reason": "permission denied"})
+
+
+def _context_size(requested: int | None, train_context: int | None) -> int:
+    size = requested or min(train_context or DEFAULT_CONTEXT_SIZE, DEFAULT_CONTEXT_SIZE)
+    return -(-size // _CONTEXT_GRANULE) * _CONTEXT_GRANULE
+
+
+def _int_field(metadata: dict[str, Any], key: str) -> int | None:
+    value = metadata.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _never() -> bool:
+    return False

@@ -1,0 +1,253 @@
+"""The method table: every protocol method, its params schema, and its handler.
+
+This is the one place that maps wire names and shapes (camelCase params,
+``streamChunk`` notifications) onto the service's records. It knows the
+protocol's vocabulary and the service's API; framing, ids and error encoding
+belong to the rpc layer, models and threads to the service.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .default_model import default_model_path
+from .engine.api import ChatMessage, LoadOptions
+from .errors import InvalidParams
+from .rpc import MethodEntry, Params, RequestContext, RequestId
+from .schema import method_names, notification_names, params_validator
+from .service import GenerationRequest, GenerationResult, LoadedModel, ModelService
+
+__all__ = ["PROTOCOL_VERSION", "SUPPORTED_PROTOCOL_VERSIONS", "build_method_table"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "1.0"
+SUPPORTED_PROTOCOL_VERSIONS = ("1.0",)
+SERVER_NAME = "llama-sidecar"
+
+
+def build_method_table(
+    service: ModelService,
+    *,
+    cancel_request: Callable[[RequestId], bool],
+    request_shutdown: Callable[[], None],
+    max_line_bytes: int,
+) -> dict[str, MethodEntry]:
+    """The explicit table of every method the sidecar answers."""
+    handlers = _Handlers(service, cancel_request, request_shutdown, max_line_bytes)
+    table = {
+        "initialize": handlers.initialize,
+        "loadModel": handlers.load_model,
+        "unloadModel": handlers.unload_model,
+        "listModels": handlers.list_models,
+        "prompt": handlers.prompt,
+        "promptStream": handlers.prompt_stream,
+        "cancel": handlers.cancel,
+        "shutdown": handlers.shutdown,
+        "ping": handlers.ping,
+    }
+    accepts_notification = {"cancel"}
+    return {
+        name: MethodEntry(params_validator(name), handler, name in accepts_notification)
+        for name, handler in table.items()
+    }
+
+
+class _Handlers:
+    def __init__(
+        self,
+        service: ModelService,
+        cancel_request: Callable[[RequestId], bool],
+        request_shutdown: Callable[[], None],
+        max_line_bytes: int,
+    ) -> None:
+        self._service = service
+        self._cancel_request = cancel_request
+        self._request_shutdown = request_shutdown
+        self._max_line_bytes = max_line_bytes
+
+    async def initialize(self, _context: RequestContext, params: Params) -> object:
+        requested = params["protocolVersion"]
+        if not any(_same_major(requested, supported) for supported in SUPPORTED_PROTOCOL_VERSIONS):
+            raise InvalidParams(
+                f"Invalid params: protocolVersion {requested!r} is not supported.",
+                {"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": requested},
+            )
+        client = params.get("clientInfo", {})
+        log.info("initialized by %s %s", client.get("name", "an unnamed client"), client.get("version", ""))
+        return {
+            "protocolVersion": PROTOCOL_VERSION,
+            "serverInfo": {
+                "name": SERVER_NAME,
+                "version": _version("llama-sidecar"),
+                "llamaCppPythonVersion": _version("llama-cpp-python"),
+            },
+            "capabilities": {
+                "methods": sorted(method_names()),
+                "notifications": sorted(notification_names()),
+                "maxLineBytes": self._max_line_bytes,
+            },
+        }
+
+    async def load_model(self, _context: RequestContext, params: Params) -> object:
+        path = params["modelPath"]
+        if path == "default":
+            path = default_model_path()
+        options = LoadOptions(
+            context_size=params.get("contextSize"),
+            threads=params.get("threads"),
+            gpu_layers=params.get("gpuLayers"),
+            batch_size=params.get("batchSize"),
+            use_mmap=params.get("useMmap"),
+        )
+        loaded = await self._service.load(path, params.get("modelId"), options, params.get("seed"))
+        return _model_info(loaded)
+
+    async def unload_model(self, _context: RequestContext, params: Params) -> object:
+        return {"unloaded": await self._service.unload(params.get("modelId"))}
+
+    async def list_models(self, _context: RequestContext, _params: Params) -> object:
+        return {"models": [_model_info(model) for model in self._service.list()]}
+
+    async def prompt(self, context: RequestContext, params: Params) -> object:
+        result = await self._service.generate(
+            _generation_request(params),
+            _ignore_text,
+            lambda: context.cancel_token.cancelled,
+            context.received_ns,
+        )
+        return _result(result)
+
+    async def prompt_stream(self, context: RequestContext, params: Params) -> object:
+        stream = _ChunkStream(context)
+        try:
+            result = await self._service.generate(
+                _generation_request(params),
+                stream.send_text,
+                lambda: context.cancel_token.cancelled,
+                context.received_ns,
+            )
+        except BaseException:
+            stream.send_final({"finishReason": "error"})
+            raise
+        stream.send_final(
+            {"finishReason": result.finish_reason, "usage": _usage(result), "timings": _timings(result)}
+        )
+        return _result(result)
+
+    async def cancel(self, _context: RequestContext, params: Params) -> object:
+        return {"cancelled": self._cancel_request(params["requestId"])}
+
+    async def shutdown(self, _context: RequestContext, _params: Params) -> object:
+        self._request_shutdown()
+        return None
+
+    async def ping(self, _context: RequestContext, _params: Params) -> object:
+        return {}
+
+
+class _ChunkStream:
+    """Numbers and sends the ``streamChunk`` notifications of one promptStream."""
+
+    __slots__ = ("_context", "_index")
+
+    def __init__(self, context: RequestContext) -> None:
+        self._context = context
+        self._index = 0
+
+    def send_text(self, text: str) -> None:
+        self._send({"content": text, "isFinal": False})
+
+    def send_final(self, ending: dict[str, Any]) -> None:
+        self._send({"content": "", "isFinal": True, **ending})
+
+    def _send(self, fields: dict[str, Any]) -> None:
+        self._context.notify(
+            "streamChunk",
+            {
+                "requestId": self._context.request_id,
+                "index": self._index,
+                "timestamp": time.time_ns() // 1_000_000,
+                **fields,
+            },
+        )
+        self._index += 1
+
+
+def _generation_request(params: Params) -> GenerationRequest:
+    messages = params.get("messages")
+    return GenerationRequest(
+        model_id=params.get("modelId"),
+        prompt=params.get("prompt"),
+        messages=tuple(ChatMessage(m["role"], m["content"]) for m in messages)
+        if messages is not None
+        else None,
+        max_tokens=params.get("maxTokens"),
+        temperature=params.get("temperature", 0.8),
+        top_k=params.get("topK", 40),
+        top_p=params.get("topP", 0.95),
+        min_p=params.get("minP", 0.05),
+        repeat_penalty=params.get("repeatPenalty", 1.0),
+        seed=params.get("seed"),
+        stop=tuple(params.get("stop", ())),
+    )
+
+
+def _model_info(model: LoadedModel) -> dict[str, object]:
+    facts = model.facts
+    info: dict[str, object] = {
+        "modelId": model.model_id,
+        "modelPath": model.path,
+        "contextSize": facts.context_size,
+        "trainContextSize": facts.train_context_size,
+        "vocabSize": facts.vocab_size,
+        "sizeBytes": facts.size_bytes,
+        "architecture": facts.architecture,
+        "chatTemplate": facts.has_chat_template,
+        "loadMs": round(model.load_ms, 3),
+    }
+    if facts.name is not None:
+        info["name"] = facts.name
+    return info
+
+
+def _result(result: GenerationResult) -> dict[str, object]:
+    return {
+        "text": result.text,
+        "finishReason": result.finish_reason,
+        "usage": _usage(result),
+        "timings": _timings(result),
+    }
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {"promptTokens": result.prompt_tokens, "completionTokens": result.completion_tokens}
+
+
+def _timings(result: GenerationResult) -> dict[str, float]:
+    timings = result.timings
+    return {
+        "ttftMs": timings.ttft_ms,
+        "promptMs": timings.prompt_ms,
+        "decodeMs": timings.decode_ms,
+        "tokensPerSecond": timings.tokens_per_second,
+    }
+
+
+def _ignore_text(_text: str) -> None:
+    """``prompt`` returns the text whole; its pieces are not sent anywhere."""
+
+
+def _same_major(requested: str, supported: str) -> bool:
+    return requested.split(".")[0] == supported.split(".")[0]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,309 @@
+"""RPC: JSON-RPC 2.0 dispatch, request ids, cancellation, and the error boundary.
+
+This layer turns frames into method calls and results into response lines.
+It owns the in-flight table (request id -> cancel token), the lifecycle gate
+(nothing but ``initialize`` before ``initialize``), batches, and the single
+place where an exception becomes a wire error. Method lookup and the response
+envelope are jsonrpcserver's. It knows method names and a validator per
+method, not what any method means, and nothing of models or llama.cpp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import orjson
+from jsonrpcserver import Error, Result, Success
+from jsonrpcserver.async_main import dispatch_to_serializable
+
+from .errors import (
+    DuplicateRequestId,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MessageTooLarge,
+    NotInitialized,
+    ParseError,
+    ShuttingDown,
+    SidecarError,
+)
+from .transport import LineTooLong
+
+__all__ = [
+    "CancelToken",
+    "Dispatcher",
+    "Handler",
+    "MethodEntry",
+    "RequestContext",
+    "RequestId",
+]
+
+log = logging.getLogger(__name__)
+
+RequestId: TypeAlias = str | int | float | None
+Params: TypeAlias = dict[str, Any]
+Notify: TypeAlias = Callable[[str, Params], None]
+Send: TypeAlias = Callable[[bytes], None]
+
+
+class CancelToken:
+    """A flag set once by ``cancel``; read from any thread, including native callbacks."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What a handler may know about the request it serves."""
+
+    request_id: RequestId
+    is_notification: bool
+    received_ns: int
+    notify: Notify
+    cancel_token: CancelToken = field(default_factory=CancelToken)
+
+
+Handler: TypeAlias = Callable[[RequestContext, Params], Awaitable[object]]
+
+
+@dataclass(slots=True, frozen=True)
+class MethodEntry:
+    """One row of the method table: how to check params and what to call."""
+
+    validate_params: Callable[[Params], Params]
+    handler: Handler
+    accepts_notification: bool = False
+
+
+class Dispatcher:
+    """Reads JSON-RPC messages, runs their handlers as tasks, writes responses.
+
+    ``handle_frame`` is called on the event loop thread for each line, in
+    arrival order; it does all bookkeeping synchronously (so a ``cancel`` that
+    follows a request always finds it) and never waits for a handler.
+    """
+
+    def __init__(
+        self,
+        methods: Mapping[str, MethodEntry],
+        send: Send,
+        *,
+        initialize_method: str = "initialize",
+    ) -> None:
+        self._methods = methods
+        self._send = send
+        self._initialize_method = initialize_method
+        self._jsonrpc_methods = {name: self._boundary(name, entry) for name, entry in methods.items()}
+        self._in_flight: dict[RequestId, CancelToken] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._initializing: asyncio.Future[None] | None = None
+        self.initialized = False
+        self.shutting_down = False
+
+    # -- public surface --------------------------------------------------
+
+    def handle_frame(self, frame: bytes | LineTooLong) -> None:
+        """Take one framed line (or an over-long line's marker) from the host."""
+        if isinstance(frame, LineTooLong):
+            error = MessageTooLarge(
+                f"Message of {frame.size} bytes exceeds the maximum line size of {frame.limit} bytes.",
+                {"size": frame.size, "maxLineBytes": frame.limit},
+            )
+            self._send(_error_response(error, None))
+            return
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            self._send(_error_response(ParseError(f"Parse error: {exc}."), None))
+            return
+        if isinstance(message, list):
+            self._handle_batch(message)
+        else:
+            self._handle_single(message)
+
+    def cancel(self, request_id: RequestId) -> bool:
+        """Cancel the in-flight request with that id; False if there is none."""
+        token = self._in_flight.get(request_id)
+        if token is None or token.cancelled:
+            return False
+        token.cancel()
+        return True
+
+    def cancel_all(self) -> None:
+        """Cancel everything in flight (shutdown, EOF, signals)."""
+        for token in self._in_flight.values():
+            token.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until every running handler has answered, at most ``timeout`` s."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def notify(self, method: str, params: Params) -> None:
+        """Send a notification to the host; callable from any thread."""
+        self._send(orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    # -- message handling ------------------------------------------------
+
+    def _handle_single(self, message: object) -> None:
+        prepared = self._prepare(message)
+        if isinstance(prepared, bytes):
+            self._send(prepared)
+        elif prepared is not None:
+            request, context = prepared
+            self._spawn(self._answer_one(request, context))
+
+    def _handle_batch(self, messages: list[object]) -> None:
+        if not messages:
+            self._send(_error_response(InvalidRequest("Invalid request: empty batch."), None))
+            return
+        immediate: list[bytes] = []
+        pending: list[tuple[dict[str, Any], RequestContext]] = []
+        for message in messages:
+            prepared = self._prepare(message)
+            if isinstance(prepared, bytes):
+                immediate.append(prepared)
+            elif prepared is not None:
+                pending.append(prepared)
+        self._spawn(self._answer_batch(immediate, pending))
+
+    def _prepare(self, message: object) -> bytes | tuple[dict[str, Any], RequestContext] | None:
+        """Check one request; return an error line, a runnable request, or None."""
+        try:
+            request = _check_envelope(message)
+            is_notification = "id" not in request
+            request_id = request.get("id")
+            if self.shutting_down and request["method"] in self._methods:
+                raise ShuttingDown("The sidecar is shutting down and takes no new requests.")
+        except SidecarError as error:
+            return _error_response(error, _usable_id(message))
+        entry = self._methods.get(request["method"])
+        if is_notification and entry is not None and not entry.accepts_notification:
+            log.debug("ignored %s sent as a notification", request["method"])
+            return None
+        context = RequestContext(request_id, is_notification, time.monotonic_ns(), self.notify)
+        if request["method"] == self._initialize_method and not self.initialized:
+            self._initializing = asyncio.get_running_loop().create_future()
+        if not is_notification:
+            if request_id in self._in_flight:
+                duplicate = DuplicateRequestId(f"Request id {request_id!r} is already in flight.")
+                return _error_response(duplicate, request_id)
+            self._in_flight[request_id] = context.cancel_token
+        return request, context
+
+    async def _check_initialized(self, method: str) -> None:
+        """Refuse everything but ``initialize`` until an ``initialize`` has succeeded.
+
+        A request sent right behind ``initialize``, before its answer, waits for it.
+        """
+        if method == self._initialize_method or self.initialized:
+            return
+        if self._initializing is not None:
+            await asyncio.wait([self._initializing])
+        if not self.initialized:
+            raise NotInitialized(f"The sidecar is not initialized; send {self._initialize_method!r} first.")
+
+    async def _answer_one(self, request: dict[str, Any], context: RequestContext) -> None:
+        response = await self._run(request, context)
+        if response is not None:
+            self._send(response)
+
+    async def _answer_batch(
+        self, immediate: list[bytes], pending: list[tuple[dict[str, Any], RequestContext]]
+    ) -> None:
+        answers = await asyncio.gather(*(self._run(request, context) for request, context in pending))
+        lines = immediate + [answer for answer in answers if answer is not None]
+        if lines:
+            self._send(b"[" + b",".join(lines) + b"]")
+
+    async def _run(self, request: dict[str, Any], context: RequestContext) -> bytes | None:
+        try:
+            response = await dispatch_to_serializable(
+                "",
+                methods=self._jsonrpc_methods,
+                context=context,
+                deserializer=lambda _: request,
+                validator=lambda checked: checked,
+            )
+        finally:
+            if not context.is_notification:
+                self._in_flight.pop(context.request_id, None)
+        if response is None:
+            return None
+        return orjson.dumps(response)
+
+    def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
+        """Wrap a handler so that every outcome is a jsonrpcserver Result."""
+
+        async def call(context: RequestContext, *positional: object, **params: Any) -> Result:
+            try:
+                await self._check_initialized(name)
+                if positional:
+                    raise InvalidParams("Invalid params: params must be an object (by-name), not an array.")
+                result = await entry.handler(context, entry.validate_params(params))
+                if name == self._initialize_method:
+                    self.initialized = True
+                return Success(result)
+            except SidecarError as error:
+                optional_data = () if error.data is None else (error.data,)
+                return Error(error.code, error.message, *optional_data)
+            except Exception:
+                log.exception("%s failed", name)
+                return Error(InternalError.code, "Internal error; see the sidecar's stderr log.")
+            finally:
+                if name == self._initialize_method and self._initializing is not None:
+                    self._initializing.set_result(None)
+                    self._initializing = None
+
+        return call
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _check_envelope(message: object) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise InvalidRequest("Invalid request: a request must be a JSON object.")
+    if message.get("jsonrpc") != "2.0":
+        raise InvalidRequest('Invalid request: "jsonrpc" must be "2.0".')
+    if not isinstance(message.get("method"), str):
+        raise InvalidRequest('Invalid request: "method" must be a string.')
+    if "id" in message and not _is_valid_id(message["id"]):
+        raise InvalidRequest('Invalid request: "id" must be a string, a number or null.')
+    if "params" in message and not isinstance(message["params"], dict | list):
+        raise InvalidRequest('Invalid request: "params" must be an object or an array.')
+    return message
+
+
+def _is_valid_id(value: object) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def _usable_id(message: object) -> RequestId:
+    """The id to answer an invalid request with: its own if readable, else null."""
+    if isinstance(message, dict) and _is_valid_id(message.get("id")):
+        request_id: RequestId = message.get("id")
+        return request_id
+    return None
+
+
+def _error_response(error: SidecarError, request_id: RequestId) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "error": error.to_wire(), "id": request_id})

@@ -1,0 +1,123 @@
+"""The protocol's JSON Schemas, loaded once, used to check params at run time.
+
+The files in ``protocol/schema`` are the single source of truth for every
+method's params and result; the server validates params against them, so the
+documented contract and the running code cannot disagree. This module knows
+schema files and turns validation failures into ``InvalidParams`` that name
+the field. It knows nothing of what the methods do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+
+from .errors import InvalidParams
+
+__all__ = ["SCHEMA_DIR", "method_names", "notification_names", "params_validator", "validator_for"]
+
+_BASE_URI = "https://llama-sidecar.invalid/schema/"  # never fetched: every file is in the registry
+_MAX_VALUE_CHARS = 60
+
+
+def _schema_dir() -> Path:
+    packaged = Path(__file__).with_name("_schema")  # wheels carry a copy here
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "protocol" / "schema"
+
+
+SCHEMA_DIR = _schema_dir()
+
+
+@functools.cache
+def _registry() -> Registry[Any]:
+    resources = [
+        (
+            _BASE_URI + path.relative_to(SCHEMA_DIR).as_posix(),
+            Resource.from_contents(orjson.loads(path.read_bytes())),
+        )
+        for path in sorted(SCHEMA_DIR.rglob("*.json"))
+    ]
+    return Registry().with_resources(resources)
+
+
+def method_names() -> frozenset[str]:
+    """Every method that has a schema file."""
+    return frozenset(path.stem for path in (SCHEMA_DIR / "methods").glob("*.json"))
+
+
+def notification_names() -> frozenset[str]:
+    """Every notification that has a schema file."""
+    return frozenset(path.stem for path in (SCHEMA_DIR / "notifications").glob("*.json"))
+
+
+@functools.cache
+def validator_for(reference: str) -> Draft202012Validator:
+    """A validator for a schema reference such as ``methods/prompt.json#/$defs/params``."""
+    return Draft202012Validator({"$ref": _BASE_URI + reference}, registry=_registry())
+
+
+def params_validator(method: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that returns valid params unchanged or raises ``InvalidParams``."""
+    validator = validator_for(f"methods/{method}.json#/$defs/params")
+
+    def validate(params: dict[str, Any]) -> dict[str, Any]:
+        error = best_match(validator.iter_errors(params))
+        if error is not None:
+            field, problem = _describe(error)
+            where = f"'{field}' " if field else ""
+            raise InvalidParams(f"Invalid params: {where}{problem}.", {"field": field})
+        return params
+
+    return validate
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    """The field a validation error is about, and what is wrong with it, in plain words."""
+    path = "/".join(str(part) for part in error.absolute_path)
+    # jsonschema types these loosely; each case below knows what its keyword holds.
+    instance: Any = error.instance
+    expected: Any = error.validator_value
+    schema: Any = error.schema
+    match error.validator:
+        case "required":
+            missing = next(name for name in expected if name not in instance)
+            return _join(path, missing), "is required"
+        case "additionalProperties":
+            known = schema.get("properties", {})
+            unknown = next(name for name in instance if name not in known)
+            return _join(path, unknown), "is not a known param"
+        case "type":
+            wanted = " or ".join(expected) if isinstance(expected, list) else expected
+            return path, f"must be of type {wanted}, not {_short(instance)}"
+        case "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum":
+            words = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+            return path, f"must be {words[str(error.validator)]} {expected}"
+        case "minLength" | "maxLength" | "minItems" | "maxItems":
+            bound = "at least" if str(error.validator).startswith("min") else "at most"
+            unit = "characters" if str(error.validator).endswith("Length") else "items"
+            return path, f"must have {bound} {expected} {unit}"
+        case "oneOf" if "x-oneOfMessage" in schema:
+            return path, str(schema["x-oneOfMessage"])
+        case "enum" | "const":
+            return (
+                path,
+                f"must be one of {expected!r}" if error.validator == "enum" else f"must be {expected!r}",
+            )
+        case _:
+            return path, error.message[:200]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+def _short(value: object) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS] + "…"

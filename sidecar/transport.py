@@ -1,0 +1,130 @@
+"""Transport: newline-delimited frames over byte streams, and the stdout guard.
+
+This layer knows bytes and lines. It splits an input stream into frames (one
+message per ``\\n``-terminated line, a trailing ``\\r`` tolerated, a maximum
+line size enforced) and writes whole lines to the protocol channel from any
+thread. It does not know JSON, JSON-RPC, methods or models.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "ByteSource",
+    "ChannelClosed",
+    "LineTooLong",
+    "LineWriter",
+    "protect_stdout",
+    "read_frames",
+]
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+class ByteSource(Protocol):
+    """A stream that returns whatever bytes are available (``sys.stdin.buffer``, ``BytesIO``)."""
+
+    def read1(self, size: int = ..., /) -> bytes: ...
+
+
+@dataclass(slots=True, frozen=True)
+class LineTooLong:
+    """A line that was longer than the limit; its bytes were skipped."""
+
+    size: int
+    limit: int
+
+
+class ChannelClosed(Exception):
+    """The peer closed the protocol channel; nothing more can be written."""
+
+
+def protect_stdout() -> BinaryIO:
+    """Reserve the real stdout for the protocol and point fd 1 at stderr.
+
+    Native code (llama.cpp, crash dumps) and stray ``print`` calls write to fd 1;
+    after this call they land in stderr, and only the returned stream reaches the
+    host's stdout pipe. Call it before importing ``llama_cpp``.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)  # non-inheritable by default: child processes never get it
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+def read_frames(stream: ByteSource, max_line_bytes: int) -> Iterator[bytes | LineTooLong]:
+    """Yield each line of ``stream`` without its terminator, or a ``LineTooLong``.
+
+    Blank lines are skipped. A final line without ``\\n`` is still a frame (the
+    peer may close right after writing it). Never holds more than about
+    ``max_line_bytes`` plus one read chunk in memory.
+    """
+    pending = bytearray()
+    skipped = 0  # > 0 while discarding the rest of an over-long line
+    while chunk := stream.read1(_READ_CHUNK):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            size = skipped + len(pending) + end - start
+            if skipped or size > max_line_bytes:
+                yield LineTooLong(size, max_line_bytes)
+            elif line := _strip_cr(bytes(pending) + chunk[start:end] if pending else chunk[start:end]):
+                yield line
+            pending.clear()
+            skipped = 0
+            start = end + 1
+        if skipped or len(pending) + len(chunk) - start > max_line_bytes:
+            skipped += len(pending) + len(chunk) - start
+            pending.clear()
+        else:
+            pending += chunk[start:]
+    if skipped:
+        yield LineTooLong(skipped, max_line_bytes)
+    elif line := _strip_cr(bytes(pending)):
+        yield line
+
+
+def _strip_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class LineWriter:
+    """Writes whole lines to the protocol channel; safe to call from any thread.
+
+    One lock makes every line atomic: worker threads stream chunks while the
+    event loop writes responses, and their bytes never interleave.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once a write found the channel closed."""
+        return self._closed
+
+    def write_line(self, payload: bytes) -> None:
+        """Write ``payload`` and a newline, or raise ``ChannelClosed``."""
+        data = payload + b"\n"
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed
+            try:
+                view = memoryview(data)
+                while view:  # a raw stream may accept only part of a large line
+                    written = self._stream.write(view)
+                    view = view[written or 0 :]
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                self._closed = True
+                raise ChannelClosed from exc

