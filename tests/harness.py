@@ -115,11 +115,15 @@ class RawSidecar:
         result: dict[str, Any] = self.request("initialize", {"protocolVersion": "1.0"})
         return result
 
-    def stream(self, params: dict[str, Any], timeout: float = WAIT) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def stream(
+        self, params: dict[str, Any], timeout: float = WAIT
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Run a promptStream to its end: (chunks in arrival order, response)."""
         return self.collect_stream(self.send_request("promptStream", params), timeout)
 
-    def collect_stream(self, request_id: Any, timeout: float = WAIT) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def collect_stream(
+        self, request_id: Any, timeout: float = WAIT
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
 

@@ -164,7 +164,9 @@ def test_cancel_interrupts_prompt_processing(sidecar: RawSidecar, slow_model: Pa
     assert response["result"]["usage"]["completionTokens"] == 0
     assert cancel_ms < min(uncancelled_ms / 2, 500)
     # The model stays usable after an interrupted decode.
-    assert sidecar.request("prompt", {"prompt": "hello", "maxTokens": 3, **GREEDY})["finishReason"] == "length"
+    assert (
+        sidecar.request("prompt", {"prompt": "hello", "maxTokens": 3, **GREEDY})["finishReason"] == "length"
+    )
 
 
 def test_two_streams_queue_in_arrival_order_and_ping_answers_meanwhile(loaded: RawSidecar) -> None:
