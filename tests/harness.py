@@ -8,6 +8,7 @@ code agree. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -164,10 +165,8 @@ class RawSidecar:
             reader.join(timeout=5)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe is not None and not pipe.closed:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     pipe.close()
-                except BrokenPipeError:
-                    pass
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
