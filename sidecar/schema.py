@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.validators import extend
 from referencing import Registry, Resource
 
 from .errors import InvalidParams
@@ -33,6 +34,15 @@ def _schema_dir() -> Path:
 
 
 SCHEMA_DIR = _schema_dir()
+
+# JSON Schema counts 512.0 as an integer; llama.cpp's C types do not, so an
+# integer param must arrive as a JSON integer.
+_StrictValidator = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
 
 
 @functools.cache
@@ -60,7 +70,8 @@ def notification_names() -> frozenset[str]:
 @functools.cache
 def validator_for(reference: str) -> Draft202012Validator:
     """A validator for a schema reference such as ``methods/prompt.json#/$defs/params``."""
-    return Draft202012Validator({"$ref": _BASE_URI + reference}, registry=_registry())
+    validator: Draft202012Validator = _StrictValidator({"$ref": _BASE_URI + reference}, registry=_registry())
+    return validator
 
 
 def params_validator(method: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -36,7 +36,8 @@ def validate_server_message(message: object, method_of: dict[Any, str]) -> None:
         if item.get("method") == "streamChunk":
             validator_for("notifications/streamChunk.json#/$defs/params").validate(item["params"])
         elif "result" in item and item["id"] in method_of:
-            validator_for(f"methods/{method_of[item['id']]}.json#/$defs/result").validate(item["result"])
+            method = method_of.pop(item["id"])  # answered: the id may be used again
+            validator_for(f"methods/{method}.json#/$defs/result").validate(item["result"])
 
 
 class RawSidecar:
@@ -73,7 +74,8 @@ class RawSidecar:
 
     def send(self, message: object) -> None:
         if isinstance(message, dict) and "id" in message and isinstance(message.get("method"), str):
-            self.method_of[message["id"]] = message["method"]
+            # An id still in flight keeps its method: a duplicate is refused, not answered.
+            self.method_of.setdefault(message["id"], message["method"])
         self.send_bytes(orjson.dumps(message) + b"\n")
 
     def send_request(self, method: str, params: dict[str, Any] | None = None, request_id: Any = None) -> Any:
@@ -145,9 +147,12 @@ class RawSidecar:
                 return self._backlog.pop(position)
         deadline = time.monotonic() + timeout
         while True:
+            assert not self.bad_lines, f"the sidecar wrote an invalid line: {self.bad_lines[-1]!r}"
             try:
-                message = self.messages.get(timeout=max(deadline - time.monotonic(), 0))
+                message = self.messages.get(timeout=min(max(deadline - time.monotonic(), 0), 0.5))
             except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
                 raise AssertionError(f"no awaited message from the sidecar within {timeout:.1f} s") from None
             if wanted(message):
                 return message
