@@ -128,10 +128,15 @@ class SidecarClient:
                 self.request("shutdown", timeout=timeout)
         self._close_stdin()
         try:
-            return self.process.wait(timeout=timeout)
+            status = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            status = self.process.wait()
+        self._reader.join(timeout)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+        return status
 
     # -- methods -----------------------------------------------------------
 

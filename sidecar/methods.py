@@ -19,7 +19,7 @@ from .engine.api import ChatMessage, LoadOptions
 from .errors import InvalidParams
 from .rpc import MethodEntry, Params, RequestContext, RequestId
 from .schema import method_names, notification_names, params_validator
-from .service import GenerationRequest, GenerationResult, LoadedModel, ModelService
+from .service import GenerationRequest, GenerationResult, GenerationSink, LoadedModel, ModelService
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_PROTOCOL_VERSIONS", "build_method_table"]
 
@@ -114,28 +114,17 @@ class _Handlers:
         return {"models": [_model_info(model) for model in self._service.list()]}
 
     async def prompt(self, context: RequestContext, params: Params) -> object:
-        result = await self._service.generate(
-            _generation_request(params),
-            _ignore_text,
-            lambda: context.cancel_token.cancelled,
-            context.received_ns,
-        )
-        return _result(result)
+        return await self._generate(context, params, _WholeReply())
 
     async def prompt_stream(self, context: RequestContext, params: Params) -> object:
-        stream = _ChunkStream(context)
-        try:
-            result = await self._service.generate(
-                _generation_request(params),
-                stream.send_text,
-                lambda: context.cancel_token.cancelled,
-                context.received_ns,
-            )
-        except BaseException:
-            stream.send_final({"finishReason": "error"})
-            raise
-        stream.send_final(
-            {"finishReason": result.finish_reason, "usage": _usage(result), "timings": _timings(result)}
+        return await self._generate(context, params, _ChunkStream(context))
+
+    async def _generate(self, context: RequestContext, params: Params, sink: GenerationSink) -> object:
+        def cancelled() -> bool:
+            return context.cancel_token.cancelled
+
+        result = await self._service.generate(
+            _generation_request(params), sink, cancelled, context.received_ns
         )
         return _result(result)
 
@@ -150,6 +139,16 @@ class _Handlers:
         return {}
 
 
+class _WholeReply:
+    """``prompt`` returns the text whole; nothing is sent while it is generated."""
+
+    def text(self, piece: str) -> None:
+        pass
+
+    def end(self, result: GenerationResult | None) -> None:
+        pass
+
+
 class _ChunkStream:
     """Numbers and sends the ``streamChunk`` notifications of one promptStream."""
 
@@ -159,10 +158,14 @@ class _ChunkStream:
         self._context = context
         self._index = 0
 
-    def send_text(self, text: str) -> None:
-        self._send({"content": text, "isFinal": False})
+    def text(self, piece: str) -> None:
+        self._send({"content": piece, "isFinal": False})
 
-    def send_final(self, ending: dict[str, Any]) -> None:
+    def end(self, result: GenerationResult | None) -> None:
+        if result is None:
+            self._send({"content": "", "isFinal": True, "finishReason": "error"})
+            return
+        ending = {"finishReason": result.finish_reason, "usage": _usage(result), "timings": _timings(result)}
         self._send({"content": "", "isFinal": True, **ending})
 
     def _send(self, fields: dict[str, Any]) -> None:
@@ -236,10 +239,6 @@ def _timings(result: GenerationResult) -> dict[str, float]:
         "decodeMs": timings.decode_ms,
         "tokensPerSecond": timings.tokens_per_second,
     }
-
-
-def _ignore_text(_text: str) -> None:
-    """``prompt`` returns the text whole; its pieces are not sent anywhere."""
 
 
 def _same_major(requested: str, supported: str) -> bool:

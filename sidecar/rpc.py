@@ -83,6 +83,15 @@ Handler: TypeAlias = Callable[[RequestContext, Params], Awaitable[object]]
 
 
 @dataclass(slots=True, frozen=True)
+class _Call:
+    """A request that passed the arrival checks, waiting to run."""
+
+    request: dict[str, Any]
+    context: RequestContext
+    gate: asyncio.Future[None] | None
+
+
+@dataclass(slots=True, frozen=True)
 class MethodEntry:
     """One row of the method table: how to check params and what to call."""
 
@@ -166,94 +175,98 @@ class Dispatcher:
         if isinstance(prepared, bytes):
             self._send(prepared)
         elif prepared is not None:
-            request, context = prepared
-            self._spawn(self._answer_one(request, context))
+            self._spawn(self._answer_one(prepared))
 
     def _handle_batch(self, messages: list[object]) -> None:
         if not messages:
             self._send(_error_response(InvalidRequest("Invalid request: empty batch."), None))
             return
         immediate: list[bytes] = []
-        pending: list[tuple[dict[str, Any], RequestContext]] = []
+        calls: list[_Call] = []
         for message in messages:
             prepared = self._prepare(message)
             if isinstance(prepared, bytes):
                 immediate.append(prepared)
             elif prepared is not None:
-                pending.append(prepared)
-        self._spawn(self._answer_batch(immediate, pending))
+                calls.append(prepared)
+        self._spawn(self._answer_batch(immediate, calls))
 
-    def _prepare(self, message: object) -> bytes | tuple[dict[str, Any], RequestContext] | None:
-        """Check one request; return an error line, a runnable request, or None."""
+    def _prepare(self, message: object) -> bytes | _Call | None:
+        """Check one request on arrival; return an error line, a call to run, or None."""
         try:
             request = _check_envelope(message)
-            is_notification = "id" not in request
-            request_id = request.get("id")
-            if self.shutting_down and request["method"] in self._methods:
-                raise ShuttingDown("The sidecar is shutting down and takes no new requests.")
+            gate = self._initialize_gate(request["method"])
         except SidecarError as error:
+            if isinstance(error, NotInitialized) and isinstance(message, dict) and "id" not in message:
+                return None  # notifications never get a reply, not even an error
             return _error_response(error, _usable_id(message))
-        entry = self._methods.get(request["method"])
+        method, is_notification, request_id = request["method"], "id" not in request, request.get("id")
+        entry = self._methods.get(method)
         if is_notification and entry is not None and not entry.accepts_notification:
-            log.debug("ignored %s sent as a notification", request["method"])
+            log.debug("ignored %s sent as a notification", method)
             return None
         context = RequestContext(request_id, is_notification, time.monotonic_ns(), self.notify)
-        if request["method"] == self._initialize_method and not self.initialized:
-            self._initializing = asyncio.get_running_loop().create_future()
         if not is_notification:
             if request_id in self._in_flight:
                 duplicate = DuplicateRequestId(f"Request id {request_id!r} is already in flight.")
                 return _error_response(duplicate, request_id)
             self._in_flight[request_id] = context.cancel_token
-        return request, context
+        if method == self._initialize_method and not self.initialized:
+            self._initializing = asyncio.get_running_loop().create_future()
+        return _Call(request, context, gate)
 
-    async def _check_initialized(self, method: str) -> None:
-        """Refuse everything but ``initialize`` until an ``initialize`` has succeeded.
+    def _initialize_gate(self, method: str) -> asyncio.Future[None] | None:
+        """What a request must wait for before it runs: an ``initialize`` still in progress.
 
-        A request sent right behind ``initialize``, before its answer, waits for it.
+        Before any ``initialize`` only ``initialize`` is taken; a request sent right
+        behind an ``initialize``, before its answer, waits for it.
         """
-        if method == self._initialize_method or self.initialized:
-            return
-        if self._initializing is not None:
-            await asyncio.wait([self._initializing])
-        if not self.initialized:
+        if self.shutting_down and method in self._methods:
+            raise ShuttingDown("The sidecar is shutting down and takes no new requests.")
+        if self.initialized or method == self._initialize_method or method not in self._methods:
+            return None
+        if self._initializing is None:
             raise NotInitialized(f"The sidecar is not initialized; send {self._initialize_method!r} first.")
+        return self._initializing
 
-    async def _answer_one(self, request: dict[str, Any], context: RequestContext) -> None:
-        response = await self._run(request, context)
+    async def _answer_one(self, call: _Call) -> None:
+        response = await self._run(call)
         if response is not None:
             self._send(response)
 
-    async def _answer_batch(
-        self, immediate: list[bytes], pending: list[tuple[dict[str, Any], RequestContext]]
-    ) -> None:
-        answers = await asyncio.gather(*(self._run(request, context) for request, context in pending))
+    async def _answer_batch(self, immediate: list[bytes], calls: list[_Call]) -> None:
+        answers = await asyncio.gather(*(self._run(call) for call in calls))
         lines = immediate + [answer for answer in answers if answer is not None]
         if lines:
             self._send(b"[" + b",".join(lines) + b"]")
 
-    async def _run(self, request: dict[str, Any], context: RequestContext) -> bytes | None:
+    async def _run(self, call: _Call) -> bytes | None:
+        context = call.context
         try:
+            if call.gate is not None:
+                await asyncio.wait([call.gate])
+                if not self.initialized:
+                    refused = NotInitialized(
+                        f"The sidecar is not initialized; send {self._initialize_method!r} first."
+                    )
+                    return None if context.is_notification else _error_response(refused, context.request_id)
             response = await dispatch_to_serializable(
                 "",
                 methods=self._jsonrpc_methods,
                 context=context,
-                deserializer=lambda _: request,
+                deserializer=lambda _: call.request,
                 validator=lambda checked: checked,
             )
         finally:
             if not context.is_notification:
                 self._in_flight.pop(context.request_id, None)
-        if response is None:
-            return None
-        return orjson.dumps(response)
+        return None if response is None else orjson.dumps(response)
 
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""
 
         async def call(context: RequestContext, *positional: object, **params: Any) -> Result:
             try:
-                await self._check_initialized(name)
                 if positional:
                     raise InvalidParams("Invalid params: params must be an object (by-name), not an array.")
                 result = await entry.handler(context, entry.validate_params(params))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from .engine.api import (
     ChatMessage,
@@ -29,7 +30,14 @@ from .engine.api import (
 )
 from .errors import NoModelLoaded, UnknownModelId
 
-__all__ = ["GenerationRequest", "GenerationResult", "LoadedModel", "ModelService", "Timings"]
+__all__ = [
+    "GenerationRequest",
+    "GenerationResult",
+    "GenerationSink",
+    "LoadedModel",
+    "ModelService",
+    "Timings",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,6 +72,16 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+
+
+class GenerationSink(Protocol):
+    """Where a generation's output goes; called on the model's worker thread."""
+
+    def text(self, piece: str) -> None:
+        """A piece of text: whole UTF-8 characters, in order."""
+
+    def end(self, result: GenerationResult | None) -> None:
+        """Called once, last: with the result, or None when the generation failed."""
 
 
 @dataclass(slots=True)
@@ -162,17 +180,22 @@ class ModelService:
     async def generate(
         self,
         request: GenerationRequest,
-        on_text: Callable[[str], None],
+        sink: GenerationSink,
         cancelled: StopCheck,
         received_ns: int,
     ) -> GenerationResult:
         """Queue ``request`` on its model's worker and wait for the result.
 
-        ``on_text`` is called on the worker thread with each piece of text, in
-        order, before this returns.
+        ``sink`` gets every piece of text on the worker thread, then ``end``
+        exactly once, before the next queued request starts and before this
+        returns or raises.
         """
-        await self._loads_settled()
-        model = self._resolve(request.model_id)
+        try:
+            await self._loads_settled()
+            model = self._resolve(request.model_id)
+        except BaseException:
+            sink.end(None)
+            raise
         seed = request.seed if request.seed is not None else model.seed
         sampling = SamplingOptions(
             seed=seed if seed is not None else random.getrandbits(32),
@@ -189,7 +212,15 @@ class ModelService:
             return model.closing or cancelled()
 
         def job() -> GenerationResult:
-            return _run_generation(model.engine_model, request, sampling, on_text, should_stop, received_ns)
+            try:
+                result = _run_generation(
+                    model.engine_model, request, sampling, sink.text, should_stop, received_ns
+                )
+            except BaseException:
+                sink.end(None)
+                raise
+            sink.end(result)
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(model.worker, job)
 

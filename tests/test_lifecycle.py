@@ -1,0 +1,159 @@
+"""Start-up, shutdown and every way the sidecar can be told (or forced) to stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import ROOT, RawSidecar
+
+LONG_STREAM = {"prompt": "hello", "temperature": 0}
+
+
+def _streaming(sidecar: RawSidecar, tiny_model: Path) -> int:
+    """Load the tiny model, start a stream that would run for a while, wait for its first chunk."""
+    sidecar.request("loadModel", {"modelPath": str(tiny_model), "contextSize": 2048})
+    request_id = sidecar.send_request("promptStream", LONG_STREAM)
+    assert sidecar.next_message()["method"] == "streamChunk"
+    return request_id
+
+
+def test_shutdown_answers_null_then_exits_zero(sidecar: RawSidecar, tiny_model: Path) -> None:
+    request_id = _streaming(sidecar, tiny_model)
+    assert sidecar.request("shutdown") is None
+    assert sidecar.wait_exit(2) == 0
+    chunks, response = sidecar.collect_stream(request_id, timeout=1)
+    assert chunks[-1]["isFinal"] and response["result"]["finishReason"] == "cancelled"
+
+
+def test_stdin_eof_mid_stream_cancels_answers_and_exits(sidecar: RawSidecar, tiny_model: Path) -> None:
+    request_id = _streaming(sidecar, tiny_model)
+    started = time.monotonic()
+    sidecar.close_stdin()
+    assert sidecar.wait_exit(2) == 0
+    assert time.monotonic() - started < 2
+    _chunks, response = sidecar.collect_stream(request_id, timeout=1)
+    assert response["result"]["finishReason"] == "cancelled"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_stream_exits_cleanly(sidecar: RawSidecar, tiny_model: Path, signum: int) -> None:
+    request_id = _streaming(sidecar, tiny_model)
+    started = time.monotonic()
+    sidecar.process.send_signal(signum)
+    assert sidecar.wait_exit(2) == 0
+    assert time.monotonic() - started < 2
+    _chunks, response = sidecar.collect_stream(request_id, timeout=1)
+    assert response["result"]["finishReason"] == "cancelled"
+
+
+def test_sigterm_during_a_load_exits_cleanly(sidecar: RawSidecar, slow_model: Path) -> None:
+    sidecar.send_request("loadModel", {"modelPath": str(slow_model)})
+    time.sleep(0.05)
+    sidecar.process.send_signal(signal.SIGTERM)
+    assert sidecar.wait_exit(2) == 0
+
+
+def test_idle_sigterm_exits_zero(sidecar: RawSidecar) -> None:
+    sidecar.process.terminate()
+    assert sidecar.wait_exit(2) == 0
+
+
+def _spawn_through_a_parent(stdin_of_sidecar: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a parent process that spawns the sidecar; return the parent and the sidecar's pid."""
+    program = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-m', 'sidecar'], stdin={stdin_of_sidecar},"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
+    )
+    assert parent.stdout is not None
+    return parent, int(parent.stdout.readline())
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    """True once ``pid`` has exited (a zombie awaiting its new parent's reaping counts)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "stdin_of_sidecar",
+    [
+        "subprocess.PIPE",  # the usual case: the dead parent's pipe closes, stdin reaches EOF
+        "None",  # stdin inherited and kept open by us: only the parent watch can notice
+    ],
+)
+def test_no_orphan_when_the_parent_is_killed(stdin_of_sidecar: str) -> None:
+    parent, sidecar_pid = _spawn_through_a_parent(stdin_of_sidecar)
+    try:
+        time.sleep(0.3)  # let the sidecar start its watch
+        parent.kill()
+        parent.wait(5)
+        assert _gone_within(sidecar_pid, 3), "the sidecar outlived its parent"
+    finally:
+        if not _gone_within(sidecar_pid, 0):
+            os.kill(sidecar_pid, signal.SIGKILL)
+        parent.wait(5)
+        for pipe in (parent.stdin, parent.stdout):
+            assert pipe is not None
+            pipe.close()
+
+
+def test_a_closed_stdout_ends_the_process_without_spinning(tiny_model: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdout.close()
+    process.stdin.write(
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.0"}}\n'
+    )
+    process.stdin.flush()
+    started = time.process_time()
+    assert process.wait(timeout=5) == 0
+    process.stdin.close()
+    assert time.process_time() - started < 1
+
+
+def test_stdout_stays_clean_while_models_load_and_llama_cpp_logs(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_model.read_bytes()[:100_000])  # llama.cpp logs errors loading it
+    ids = []
+    for round_number in range(20):
+        ids.append(
+            sidecar.send_request("loadModel", {"modelPath": str(tiny_model), "modelId": f"m{round_number}"})
+        )
+        ids.append(sidecar.send_request("loadModel", {"modelPath": str(broken)}))
+        ids.extend(sidecar.send_request("ping") for _ in range(10))
+        ids.append(sidecar.send_request("unloadModel", {"modelId": f"m{round_number}"}))
+    for request_id in ids:
+        sidecar.response(request_id)
+    # Every line was JSON valid against the schemas (the fixture checks bad_lines),
+    # and llama.cpp's own output went to the log instead.
+    assert any(b"llama" in line for line in sidecar.stderr_lines)

@@ -1,0 +1,222 @@
+"""The dispatch layer over an in-memory channel, with stand-in handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from sidecar.errors import InvalidParams
+from sidecar.rpc import Dispatcher, MethodEntry, Params, RequestContext
+from sidecar.transport import LineTooLong
+
+
+def _no_check(params: Params) -> Params:
+    return params
+
+
+def _require_text(params: Params) -> Params:
+    if not isinstance(params.get("text"), str):
+        raise InvalidParams("Invalid params: 'text' must be a string.", {"field": "text"})
+    return params
+
+
+class Harness:
+    """A dispatcher whose output lines are collected as parsed JSON."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.release = asyncio.Event()
+        self.seen_tokens: list[RequestContext] = []
+
+        async def initialize(_context: RequestContext, _params: Params) -> object:
+            await asyncio.sleep(0.01)  # an initialize that takes a moment
+            return {"ok": True}
+
+        async def echo(_context: RequestContext, params: Params) -> object:
+            return params["text"]
+
+        async def wait(context: RequestContext, _params: Params) -> object:
+            self.seen_tokens.append(context)
+            await self.release.wait()
+            return "cancelled" if context.cancel_token.cancelled else "done"
+
+        async def crash(_context: RequestContext, _params: Params) -> object:
+            raise RuntimeError("secret internal detail")
+
+        def entry(
+            handler: Callable[[RequestContext, Params], Awaitable[object]], check=_no_check
+        ) -> MethodEntry:  # type: ignore[no-untyped-def]
+            return MethodEntry(check, handler)
+
+        self.dispatcher = Dispatcher(
+            {
+                "initialize": entry(initialize),
+                "echo": entry(echo, _require_text),
+                "wait": entry(wait),
+                "crash": entry(crash),
+                "note": MethodEntry(_no_check, echo, accepts_notification=True),
+            },
+            lambda line: self.sent.append(orjson.loads(line)),
+        )
+
+    def feed(self, *messages: object) -> None:
+        for message in messages:
+            raw = message if isinstance(message, bytes) else orjson.dumps(message)
+            self.dispatcher.handle_frame(raw)
+
+    async def settle(self) -> list[Any]:
+        await self.dispatcher.drain(2.0)
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def run(test: Callable[[Harness], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await test(Harness())
+
+    asyncio.run(main())
+
+
+def request(request_id: object, method: str, params: object = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+async def initialized(h: Harness) -> None:
+    h.feed(request(0, "initialize"))
+    assert (await h.settle())[0]["result"] == {"ok": True}
+
+
+def test_requests_right_behind_initialize_wait_for_it() -> None:
+    async def scenario(h: Harness) -> None:
+        h.feed(
+            request(1, "echo", {"text": "early"}),
+            request(2, "initialize"),
+            request(3, "echo", {"text": "hi"}),
+        )
+        by_id = {message["id"]: message for message in await h.settle()}
+        assert by_id[1]["error"]["code"] == -32002
+        assert by_id[3]["result"] == "hi"
+
+    run(scenario)
+
+
+def test_parse_errors_and_invalid_requests() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(
+            b"{oops",
+            b"\xff\xfe",
+            b"[]",
+            b"42",
+            {"jsonrpc": "2.0", "id": 5},
+            {"jsonrpc": "2.0", "id": False, "method": "echo"},
+        )
+        codes = [(message["error"]["code"], message["id"]) for message in await h.settle()]
+        assert codes == [
+            (-32700, None),
+            (-32700, None),
+            (-32600, None),
+            (-32600, None),
+            (-32600, 5),
+            (-32600, None),
+        ]
+
+    run(scenario)
+
+
+def test_params_errors_name_the_field_and_positional_params_are_refused() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "echo", {"text": 3}), request(2, "echo", ["x"]))
+        first, second = await h.settle()
+        assert first["error"] == {
+            "code": -32602,
+            "message": "Invalid params: 'text' must be a string.",
+            "data": {"field": "text"},
+        }
+        assert second["error"]["code"] == -32602
+
+    run(scenario)
+
+
+def test_batches_answer_in_one_array_and_skip_notifications() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(
+            [
+                request(1, "echo", {"text": "a"}),
+                {"jsonrpc": "2.0", "method": "echo", "params": {"text": "n"}},
+                7,
+            ]
+        )
+        h.feed([{"jsonrpc": "2.0", "method": "note", "params": {"text": "n"}}])
+        (batch,) = await h.settle()
+        assert [item.get("result", item.get("error", {}).get("code")) for item in batch] == [-32600, "a"]
+
+    run(scenario)
+
+
+def test_unexpected_exceptions_become_a_generic_internal_error() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "crash"))
+        (response,) = await h.settle()
+        assert response["error"]["code"] == -32603
+        assert "secret" not in orjson.dumps(response).decode()
+
+    run(scenario)
+
+
+def test_cancel_sets_the_token_and_duplicate_ids_are_refused() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "wait"), request(1, "echo", {"text": "dup"}))
+        await asyncio.sleep(0)
+        assert h.dispatcher.cancel(1) is True
+        assert h.dispatcher.cancel(1) is False  # already cancelled
+        assert h.dispatcher.cancel("unknown") is False
+        h.release.set()
+        responses = await h.settle()
+        assert responses[0]["error"]["code"] == -32009
+        assert responses[1] == {"jsonrpc": "2.0", "result": "cancelled", "id": 1}
+        assert h.dispatcher.cancel(1) is False  # finished
+
+    run(scenario)
+
+
+def test_unknown_methods_and_ignored_notifications() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed({"jsonrpc": "2.0", "method": "wait"}, {"jsonrpc": "2.0", "method": "nope"}, request(2, "nope"))
+        responses = await h.settle()
+        assert [r["error"]["code"] for r in responses] == [-32601]
+        assert h.seen_tokens == []  # "wait" does not accept notifications: never ran
+
+    run(scenario)
+
+
+def test_shutting_down_refuses_new_requests() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.dispatcher.shutting_down = True
+        h.feed(request(1, "echo", {"text": "late"}))
+        assert (await h.settle())[0]["error"]["code"] == -32007
+
+    run(scenario)
+
+
+def test_over_long_line_marker_is_answered_with_id_null() -> None:
+    async def scenario(h: Harness) -> None:
+        h.dispatcher.handle_frame(LineTooLong(99, 10))
+        (response,) = await h.settle()
+        assert response["error"]["code"] == -32010
+        assert response["error"]["data"] == {"size": 99, "maxLineBytes": 10}
+        assert response["id"] is None
+
+    run(scenario)

@@ -1,0 +1,188 @@
+"""The service layer on a stand-in engine: queues, cancellation, loads, unloads.
+
+Real llama.cpp behaviour is covered end to end in test_e2e.py; these tests pin
+down the orchestration, which a fake engine makes deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from sidecar.engine.api import (
+    ChatMessage,
+    GenerationOutcome,
+    LoadOptions,
+    ModelFacts,
+    SamplingOptions,
+    StopCheck,
+)
+from sidecar.service import GenerationRequest, GenerationResult, ModelService
+
+FACTS = ModelFacts(512, 512, 100, 1, "fake", None, False)
+
+
+class FakeModel:
+    """Emits one piece per 'token' every ``pause`` seconds until stopped or out of tokens."""
+
+    def __init__(self, log: list[str], pause: float) -> None:
+        self.log = log
+        self.pause = pause
+        self.threads: set[str] = set()
+        self.closed = False
+
+    @property
+    def facts(self) -> ModelFacts:
+        return FACTS
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        return [1] * len(messages), ()
+
+    def tokenize(self, text: str) -> list[int]:
+        return [1] * len(text)
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingOptions,
+        on_text: Callable[[str], None],
+        should_stop: StopCheck,
+    ) -> GenerationOutcome:
+        self.threads.add(threading.current_thread().name)
+        self.log.append(f"start {len(prompt_tokens)}")
+        produced = 0
+        while produced < (sampling.max_tokens or 10):
+            if should_stop():
+                return GenerationOutcome("cancelled", len(prompt_tokens), produced, 1, 1)
+            time.sleep(self.pause)
+            on_text("x")
+            produced += 1
+        return GenerationOutcome("length", len(prompt_tokens), produced, 1_000_000, 2_000_000)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEngine:
+    def __init__(self, pause: float = 0.001, load_seconds: float = 0.0) -> None:
+        self.log: list[str] = []
+        self.models: list[FakeModel] = []
+        self.pause = pause
+        self.load_seconds = load_seconds
+
+    def load(self, path: str, options: LoadOptions) -> FakeModel:
+        time.sleep(self.load_seconds)
+        self.log.append(f"load {path}")
+        model = FakeModel(self.log, self.pause)
+        self.models.append(model)
+        return model
+
+
+def prompt(text: str, max_tokens: int = 3, model_id: str | None = None) -> GenerationRequest:
+    return GenerationRequest(model_id=model_id, prompt=text, messages=None, max_tokens=max_tokens)
+
+
+def never() -> bool:
+    return False
+
+
+class Collect:
+    """A sink that records what the service hands it."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.ends: list[GenerationResult | None] = []
+
+    def text(self, piece: str) -> None:
+        assert not self.ends, "text after end"
+        self.pieces.append(piece)
+
+    def end(self, result: GenerationResult | None) -> None:
+        self.ends.append(result)
+
+
+def test_requests_for_one_model_run_one_at_a_time_in_arrival_order() -> None:
+    engine = FakeEngine()
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        await service.load("a.gguf", None, LoadOptions(), None)
+        sinks = [Collect() for _ in range(3)]
+        results = await asyncio.gather(
+            *(service.generate(prompt("p" * n), sinks[n - 1], never, time.monotonic_ns()) for n in (1, 2, 3))
+        )
+        assert [sink.ends for sink in sinks] == [[result] for result in results]
+        assert [r.text for r in results] == ["xxx"] * 3
+        assert engine.log == ["load a.gguf", "start 1", "start 2", "start 3"]
+        assert len(engine.models[0].threads) == 1
+        assert results[0].timings.tokens_per_second == 1000.0  # 2 tokens after the first in 2 ms
+
+    asyncio.run(scenario())
+
+
+def test_a_prompt_sent_during_a_load_waits_for_it() -> None:
+    engine = FakeEngine(load_seconds=0.05)
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        load = asyncio.ensure_future(service.load("slow.gguf", "slow", LoadOptions(), None))
+        await asyncio.sleep(0)
+        result = await service.generate(prompt("hi"), Collect(), never, time.monotonic_ns())
+        assert result.finish_reason == "length"
+        assert (await load).model_id == "slow"
+
+    asyncio.run(scenario())
+
+
+def test_a_request_cancelled_while_queued_never_reaches_the_engine() -> None:
+    engine = FakeEngine(pause=0.01)
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        await service.load("a.gguf", None, LoadOptions(), None)
+        cancelled = threading.Event()
+        first = service.generate(prompt("one", 5), Collect(), never, time.monotonic_ns())
+        second = service.generate(prompt("two", 5), Collect(), cancelled.is_set, time.monotonic_ns())
+        cancelled.set()
+        results = await asyncio.gather(first, second)
+        assert [r.finish_reason for r in results] == ["length", "cancelled"]
+        assert engine.log.count("start 3") == 1  # only "one" started
+
+    asyncio.run(scenario())
+
+
+def test_unload_cancels_running_work_and_closes_the_model() -> None:
+    engine = FakeEngine(pause=0.01)
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        await service.load("a.gguf", "a", LoadOptions(), None)
+        running = asyncio.ensure_future(
+            service.generate(prompt("x", 1000), Collect(), never, time.monotonic_ns())
+        )
+        await asyncio.sleep(0.05)
+        assert await service.unload("a") is True
+        assert (await running).finish_reason == "cancelled"
+        assert engine.models[0].closed
+        assert service.list() == []
+
+    asyncio.run(scenario())
+
+
+def test_the_latest_load_is_the_default_and_reloading_the_same_file_reuses_it() -> None:
+    engine = FakeEngine()
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        first = await service.load("a.gguf", None, LoadOptions(), None)
+        second = await service.load("b.gguf", None, LoadOptions(), None)
+        assert [m.model_id for m in service.list()] == ["a", "b"]
+        again = await service.load("a.gguf", None, LoadOptions(), None)
+        assert again is first and [m.model_id for m in service.list()] == ["b", "a"]
+        assert engine.log.count("load a.gguf") == 1
+        other = await service.load("a.gguf", None, LoadOptions(context_size=1024), None)
+        assert other.model_id == "a-2" and other is not first and second.model_id == "b"
+
+    asyncio.run(scenario())
