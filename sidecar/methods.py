@@ -51,8 +51,9 @@ def build_method_table(
         "ping": handlers.ping,
     }
     accepts_notification = {"cancel"}
+    cancellable = {"prompt", "promptStream"}
     return {
-        name: MethodEntry(params_validator(name), handler, name in accepts_notification)
+        name: MethodEntry(params_validator(name), handler, name in accepts_notification, name in cancellable)
         for name, handler in table.items()
     }
 

@@ -98,6 +98,7 @@ class MethodEntry:
     validate_params: Callable[[Params], Params]
     handler: Handler
     accepts_notification: bool = False
+    cancellable: bool = False  # whether the handler watches its cancel token
 
 
 class Dispatcher:
@@ -119,7 +120,8 @@ class Dispatcher:
         self._send = send
         self._initialize_method = initialize_method
         self._jsonrpc_methods = {name: self._boundary(name, entry) for name, entry in methods.items()}
-        self._in_flight: dict[RequestId, CancelToken] = {}
+        # Every request id in flight; the token only for methods that can be cancelled.
+        self._in_flight: dict[RequestId, CancelToken | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._initializing: asyncio.Future[None] | None = None
         self.initialized = False
@@ -157,7 +159,8 @@ class Dispatcher:
     def cancel_all(self) -> None:
         """Cancel everything in flight (shutdown, EOF, signals)."""
         for token in self._in_flight.values():
-            token.cancel()
+            if token is not None:
+                token.cancel()
 
     async def drain(self, timeout: float) -> None:
         """Wait until every running handler has answered, at most ``timeout`` s."""
@@ -210,7 +213,9 @@ class Dispatcher:
             if request_id in self._in_flight:
                 duplicate = DuplicateRequestId(f"Request id {request_id!r} is already in flight.")
                 return _error_response(duplicate, request_id)
-            self._in_flight[request_id] = context.cancel_token
+            self._in_flight[request_id] = (
+                context.cancel_token if entry is not None and entry.cancellable else None
+            )
         if method == self._initialize_method and not self.initialized:
             self._initializing = asyncio.get_running_loop().create_future()
         return _Call(request, context, gate)

@@ -55,8 +55,9 @@ class Harness:
             {
                 "initialize": entry(initialize),
                 "echo": entry(echo, _require_text),
-                "wait": entry(wait),
+                "wait": MethodEntry(_no_check, wait, cancellable=True),
                 "crash": entry(crash),
+                "hold": entry(wait),  # same handler, but not declared cancellable
                 "note": MethodEntry(_no_check, echo, accepts_notification=True),
             },
             lambda line: self.sent.append(orjson.loads(line)),
@@ -218,5 +219,17 @@ def test_over_long_line_marker_is_answered_with_id_null() -> None:
         assert response["error"]["code"] == -32010
         assert response["error"]["data"] == {"size": 99, "maxLineBytes": 10}
         assert response["id"] is None
+
+    run(scenario)
+
+
+def test_cancel_of_a_method_that_cannot_be_cancelled_says_false() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "hold"))
+        await asyncio.sleep(0)
+        assert h.dispatcher.cancel(1) is False
+        h.release.set()
+        assert (await h.settle())[0]["result"] == "done"
 
     run(scenario)

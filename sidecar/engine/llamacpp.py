@@ -140,7 +140,8 @@ class LlamaCppModel:
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
         if self._chat is None:
             raise InvalidParams(
-                "Invalid params: this model has no chat template; send 'prompt' instead of 'messages'."
+                "Invalid params: this model has no chat template; send 'prompt' instead of 'messages'.",
+                {"field": "messages"},
             )
         as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
         rendered = self._chat(messages=as_dicts)
