@@ -14,6 +14,7 @@ import sys
 from typing import NoReturn, cast
 
 from .engine.api import Engine
+from .settings import Settings
 from .transport import DEFAULT_MAX_LINE_BYTES, ByteSource, protect_stdout
 
 __all__ = ["main"]
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     server = Server(
         cast(ByteSource, sys.stdin.buffer),  # a BufferedReader, which has read1
         protocol_stream,
-        max_line_bytes=args.max_line_bytes,
+        settings=Settings(
+            max_line_bytes=args.max_line_bytes,
+            model_dirs=tuple(args.models_dir),
+            log_text=args.log_text,
+        ),
         engine_factory=_llama_cpp_engine,
     )
     status = asyncio.run(server.serve())
@@ -60,6 +65,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_MAX_LINE_BYTES,
         help="longest input line accepted; longer lines get error -32010 (default: 16 MiB)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="allow models only from DIR (repeatable; symlinks are resolved); default: anywhere",
+    )
+    parser.add_argument(
+        "--log-text",
+        action="store_true",
+        help="log prompt and reply text (off by default: it is user data)",
     )
     parser.add_argument(
         "--log-level",

@@ -21,6 +21,7 @@ __all__ = [
     "MethodNotFound",
     "ModelFileNotFound",
     "ModelLoadFailed",
+    "ModelPathNotAllowed",
     "NoModelLoaded",
     "NotInitialized",
     "ParseError",
@@ -154,6 +155,13 @@ class MessageTooLarge(SidecarError):
     name = "MessageTooLarge"
 
 
+class ModelPathNotAllowed(SidecarError):
+    """The model path resolves outside the directories the sidecar was told to allow."""
+
+    code = -32011
+    name = "ModelPathNotAllowed"
+
+
 ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     ParseError,
     InvalidRequest,
@@ -170,4 +178,5 @@ ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     GenerationFailed,
     DuplicateRequestId,
     MessageTooLarge,
+    ModelPathNotAllowed,
 )

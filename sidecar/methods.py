@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .default_model import default_model_path
 from .engine.api import ChatMessage, LoadOptions
 from .errors import InvalidParams
+from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
 from .schema import method_names, notification_names, params_validator
 from .service import GenerationRequest, GenerationResult, GenerationSink, LoadedModel, ModelService
+from .settings import Settings
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_PROTOCOL_VERSIONS", "build_method_table"]
 
@@ -35,10 +36,10 @@ def build_method_table(
     *,
     cancel_request: Callable[[RequestId], bool],
     request_shutdown: Callable[[], None],
-    max_line_bytes: int,
+    settings: Settings,
 ) -> dict[str, MethodEntry]:
     """The explicit table of every method the sidecar answers."""
-    handlers = _Handlers(service, cancel_request, request_shutdown, max_line_bytes)
+    handlers = _Handlers(service, cancel_request, request_shutdown, settings)
     table = {
         "initialize": handlers.initialize,
         "loadModel": handlers.load_model,
@@ -64,12 +65,13 @@ class _Handlers:
         service: ModelService,
         cancel_request: Callable[[RequestId], bool],
         request_shutdown: Callable[[], None],
-        max_line_bytes: int,
+        settings: Settings,
     ) -> None:
         self._service = service
         self._cancel_request = cancel_request
         self._request_shutdown = request_shutdown
-        self._max_line_bytes = max_line_bytes
+        self._settings = settings
+        self._model_paths = ModelPaths(settings.model_dirs)
 
     async def initialize(self, _context: RequestContext, params: Params) -> object:
         requested = params["protocolVersion"]
@@ -90,14 +92,12 @@ class _Handlers:
             "capabilities": {
                 "methods": sorted(method_names()),
                 "notifications": sorted(notification_names()),
-                "maxLineBytes": self._max_line_bytes,
+                "maxLineBytes": self._settings.max_line_bytes,
             },
         }
 
     async def load_model(self, _context: RequestContext, params: Params) -> object:
-        path = params["modelPath"]
-        if path == "default":
-            path = default_model_path()
+        path = self._model_paths.resolve(params["modelPath"])
         options = LoadOptions(
             context_size=params.get("contextSize"),
             threads=params.get("threads"),
@@ -124,9 +124,19 @@ class _Handlers:
         def cancelled() -> bool:
             return context.cancel_token.cancelled
 
-        result = await self._service.generate(
-            _generation_request(params), sink, cancelled, context.received_ns
+        request = _generation_request(params)
+        result = await self._service.generate(request, sink, cancelled, context.received_ns)
+        log.info(
+            "request %r: %d prompt tokens, %d generated, %s, %.1f tokens/s",
+            context.request_id,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.finish_reason,
+            result.timings.tokens_per_second,
         )
+        if self._settings.log_text:
+            text_in = request.prompt if request.prompt is not None else request.messages
+            log.info("request %r text: %r -> %r", context.request_id, text_in, result.text)
         return _result(result)
 
     async def cancel(self, _context: RequestContext, params: Params) -> object:

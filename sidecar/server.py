@@ -21,6 +21,7 @@ from .engine.api import Engine
 from .methods import build_method_table
 from .rpc import Dispatcher, RequestId
 from .service import ModelService
+from .settings import Settings
 from .transport import ByteSource, ChannelClosed, LineWriter, read_frames
 
 __all__ = ["Server"]
@@ -40,12 +41,12 @@ class Server:
         source: ByteSource,
         sink: BinaryIO,
         *,
-        max_line_bytes: int,
+        settings: Settings,
         engine_factory: Callable[[], Engine],
     ) -> None:
         self._source = source
         self._writer = LineWriter(sink)
-        self._max_line_bytes = max_line_bytes
+        self._max_line_bytes = settings.max_line_bytes
         self._service = ModelService(engine_factory)
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -54,7 +55,7 @@ class Server:
                 self._service,
                 cancel_request=self._cancel_request,
                 request_shutdown=self._request_stop,
-                max_line_bytes=max_line_bytes,
+                settings=settings,
             ),
             self._send,
         )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.default_model import default_model_path
 from sidecar.errors import ModelFileNotFound
+from sidecar.model_paths import default_model_path
 
 from .harness import RawSidecar
 from .tiny_model import write_tiny_model

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.client import RemoteError, SidecarClient, SidecarExited
-from sidecar.default_model import INSTALL_HINT, default_model_path
 from sidecar.errors import ModelFileNotFound
+from sidecar.model_paths import INSTALL_HINT, default_model_path
 
 
 @pytest.fixture

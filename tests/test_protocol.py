@@ -13,6 +13,7 @@ from sidecar.errors import ERROR_CLASSES
 from sidecar.methods import build_method_table
 from sidecar.schema import SCHEMA_DIR, method_names, notification_names
 from sidecar.service import ModelService
+from sidecar.settings import Settings
 
 from .harness import ROOT
 
@@ -33,7 +34,7 @@ def _table_methods() -> set[str]:
         ModelService(unused),  # type: ignore[arg-type]
         cancel_request=lambda _id: False,
         request_shutdown=unused,
-        max_line_bytes=1,
+        settings=Settings(),
     )
     return set(table)
 

@@ -32,6 +32,7 @@ from .api import (
     SamplingOptions,
     StopCheck,
 )
+from .budget import available_memory, check_memory, context_size_for
 from .gguf_header import GgufHeaderError, read_metadata
 from .text import TextAssembler
 
@@ -39,10 +40,6 @@ __all__ = ["LlamaCppEngine"]
 
 log = logging.getLogger("sidecar.llama")
 
-DEFAULT_CONTEXT_SIZE = 4096
-# llama.cpp rounds n_ctx up to a multiple of 256 but llama-cpp-python sizes its
-# token buffer from the value passed; passing a multiple keeps the two equal.
-_CONTEXT_GRANULE = 256
 # ggml_log_level as llama.cpp defines it today (llama-cpp-python's own table is older).
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
 
@@ -80,8 +77,8 @@ class LlamaCppEngine:
             header = read_metadata(path)
         except (GgufHeaderError, OSError) as exc:
             raise ModelLoadFailed(f"Could not load {path}: {exc}.", {"reason": str(exc)}) from exc
-        train_context = _int_field(header, f"{header.get('general.architecture')}.context_length")
-        context_size = _context_size(options.context_size, train_context)
+        context_size = context_size_for(header, options.context_size)
+        check_memory(header, context_size, available_memory())
         threads = options.threads or os.cpu_count() or 1
         _recent.lines = deque(maxlen=8)
         try:
@@ -265,16 +262,6 @@ def _check_readable(path: str) -> None:
         raise ModelLoadFailed(f"Could not load {path}: it is a directory.", {"reason": "is a directory"})
     if not os.access(path, os.R_OK):
         raise ModelLoadFailed(f"Could not load {path}: permission denied.", {"reason": "permission denied"})
-
-
-def _context_size(requested: int | None, train_context: int | None) -> int:
-    size = requested or min(train_context or DEFAULT_CONTEXT_SIZE, DEFAULT_CONTEXT_SIZE)
-    return -(-size // _CONTEXT_GRANULE) * _CONTEXT_GRANULE
-
-
-def _int_field(metadata: dict[str, Any], key: str) -> int | None:
-    value = metadata.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _never() -> bool:

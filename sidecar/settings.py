@@ -1,0 +1,20 @@
+"""What the command line configures, in one record passed down the layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .transport import DEFAULT_MAX_LINE_BYTES
+
+__all__ = ["Settings"]
+
+
+@dataclass(slots=True, frozen=True)
+class Settings:
+    """Sidecar-wide settings; every field has the default a plain ``python -m sidecar`` gets."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    # Directories models may be loaded from (symlinks resolved); empty: anywhere.
+    model_dirs: tuple[str, ...] = ()
+    # Prompt and reply text in the log: off unless debugging, since it is user data.
+    log_text: bool = False
