@@ -39,11 +39,11 @@ class GgufHeaderError(ValueError):
     """The file is not a readable GGUF header; the message says why."""
 
 
-def read_metadata(path: str, *, skip_arrays: bool = True) -> dict[str, MetadataValue]:
+def read_metadata(path: str, *, read_arrays: frozenset[str] = frozenset()) -> dict[str, MetadataValue]:
     """Return the header's key-value pairs.
 
-    With ``skip_arrays`` (the default) array values, such as the vocabulary,
-    are skipped and reported as their length; that keeps the read fast.
+    Array values, such as the vocabulary, are skipped and reported as their
+    length (that keeps the read fast), except those named in ``read_arrays``.
     """
     with open(path, "rb") as file:
         if file.read(4) != _MAGIC:
@@ -59,7 +59,7 @@ def read_metadata(path: str, *, skip_arrays: bool = True) -> dict[str, MetadataV
         for _ in range(key_count):
             key = _read_string(file)
             value_type = _unpack(file, "<I")
-            metadata[key] = _read_value(file, value_type, skip_arrays)
+            metadata[key] = _read_value(file, value_type, key not in read_arrays)
         return metadata
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -42,6 +44,8 @@ log = logging.getLogger("sidecar.llama")
 
 # ggml_log_level as llama.cpp defines it today (llama-cpp-python's own table is older).
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
+
+_TOKENS_KEY = "tokenizer.ggml.tokens"
 
 _recent = threading.local()  # per thread: the llama.cpp error lines of the current load
 
@@ -74,7 +78,8 @@ class LlamaCppEngine:
     def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
         _check_readable(path)
         try:
-            header = read_metadata(path)
+            header = read_metadata(path, read_arrays=frozenset({_TOKENS_KEY}))
+            _check_vocabulary(header)
         except (GgufHeaderError, OSError) as exc:
             raise ModelLoadFailed(f"Could not load {path}: {exc}.", {"reason": str(exc)}) from exc
         context_size = context_size_for(header, options.context_size)
@@ -94,6 +99,9 @@ class LlamaCppEngine:
                 # /dev/null during loads; our log callback decides what is shown.
                 verbose=True,
             )
+        except jinja2.TemplateError as exc:
+            reason = f"its chat template does not compile: {exc}"
+            raise ModelLoadFailed(f"Could not load {path}: {reason}.", {"reason": reason}) from exc
         except (ValueError, RuntimeError, OSError) as exc:
             reason = "; ".join(_recent.lines) or str(exc)
             raise ModelLoadFailed(f"llama.cpp could not load {path}: {reason}", {"reason": reason}) from exc
@@ -115,6 +123,7 @@ class LlamaCppModel:
         self._no_abort_callback = llama_cpp.ggml_abort_callback()
         metadata: dict[str, str] = llm.metadata
         template = metadata.get("tokenizer.chat_template")
+        # llama-cpp-python compiled the template already while loading (and refused the load if it could not).
         self._chat = _chat_formatter(llm, template) if template else None
         self._facts = ModelFacts(
             context_size=llm.n_ctx(),
@@ -123,7 +132,7 @@ class LlamaCppModel:
             size_bytes=os.path.getsize(path),
             architecture=metadata.get("general.architecture", "unknown"),
             name=metadata.get("general.name"),
-            has_chat_template=template is not None,
+            has_chat_template=self._chat is not None,
         )
 
     @property
@@ -141,7 +150,12 @@ class LlamaCppModel:
                 {"field": "messages"},
             )
         as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
-        rendered = self._chat(messages=as_dicts)
+        try:
+            rendered = self._chat(messages=as_dicts)
+        except jinja2.TemplateError as exc:  # templates refuse some conversations, e.g. roles out of turn
+            raise InvalidParams(
+                f"Invalid params: the chat template refused 'messages': {exc}.", {"field": "messages"}
+            ) from exc
         tokens: list[int] = self._llm.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )
@@ -255,11 +269,31 @@ def _chat_formatter(llm: llama_cpp.Llama, template: str) -> Jinja2ChatFormatter:
     )
 
 
+def _check_vocabulary(header: dict[str, Any]) -> None:
+    """Refuse a vocabulary llama.cpp would abort on (an assertion, not an error it can report)."""
+    tokens = header.get(_TOKENS_KEY)
+    if isinstance(tokens, list) and len(set(tokens)) != len(tokens):
+        raise GgufHeaderError("the vocabulary lists a token twice")
+
+
 def _check_readable(path: str) -> None:
-    if not os.path.exists(path):
-        raise ModelFileNotFound(f"Model file not found: {path}", {"modelPath": path})
-    if os.path.isdir(path):
+    """Refuse what is not a readable regular file before anything opens it.
+
+    A FIFO or device (``/dev/stdin``, ``/dev/zero``) would block or feed endless
+    bytes, and ``/dev/stdin`` would even consume the protocol's own input.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ModelFileNotFound(f"Model file not found: {path}", {"modelPath": path}) from None
+    except OSError as exc:
+        raise ModelLoadFailed(
+            f"Could not load {path}: {exc.strerror}.", {"reason": str(exc.strerror)}
+        ) from exc
+    if stat.S_ISDIR(mode):
         raise ModelLoadFailed(f"Could not load {path}: it is a directory.", {"reason": "is a directory"})
+    if not stat.S_ISREG(mode):
+        raise ModelLoadFailed(f"Could not load {path}: not a regular file.", {"reason": "not a regular file"})
     if not os.access(path, os.R_OK):
         raise ModelLoadFailed(f"Could not load {path}: permission denied.", {"reason": "permission denied"})
 

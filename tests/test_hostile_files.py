@@ -1,0 +1,122 @@
+"""Files a user might pick, or an attacker might plant: each gets a clear error, and the sidecar lives on."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sidecar.engine.api import LoadOptions
+from sidecar.engine.llamacpp import LlamaCppEngine
+from sidecar.errors import ModelLoadFailed
+
+from .harness import RawSidecar
+
+
+def _empty(path: Path, _model: bytes) -> None:
+    path.write_bytes(b"")
+
+
+def _random_bytes(path: Path, _model: bytes) -> None:
+    path.write_bytes(random.Random(1).randbytes(100_000))
+
+
+def _truncated_header(path: Path, model: bytes) -> None:
+    path.write_bytes(model[:64])
+
+
+def _truncated_tensor_data(path: Path, model: bytes) -> None:
+    path.write_bytes(model[: len(model) - 1000])
+
+
+def _text_named_gguf(path: Path, _model: bytes) -> None:
+    path.write_text("# not a model\n" * 100)
+
+
+def _wrong_architecture(path: Path, model: bytes) -> None:
+    path.write_bytes(model.replace(b"llama", b"zzzzz", 1))
+
+
+def _directory(path: Path, _model: bytes) -> None:
+    path.mkdir()
+
+
+def _symlink_loop(path: Path, _model: bytes) -> None:
+    other = path.with_name("other.gguf")
+    path.symlink_to(other)
+    other.symlink_to(path)
+
+
+def _fifo(path: Path, _model: bytes) -> None:
+    os.mkfifo(path)  # opening it would block forever
+
+
+HOSTILE: dict[str, Callable[[Path, bytes], None]] = {
+    "empty": _empty,
+    "random bytes": _random_bytes,
+    "truncated header": _truncated_header,
+    "truncated tensor data": _truncated_tensor_data,
+    "text named .gguf": _text_named_gguf,
+    "unknown architecture": _wrong_architecture,
+    "directory": _directory,
+    "symlink loop": _symlink_loop,
+    "fifo": _fifo,
+}
+
+
+@pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_file_gets_a_load_error_and_a_good_model_loads_after(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path, make: Callable[[Path, bytes], None]
+) -> None:
+    path = tmp_path / "hostile.gguf"
+    make(path, tiny_model.read_bytes())
+    error = sidecar.error("loadModel", {"modelPath": str(path)})
+    assert error["code"] == -32003 and error["data"]["reason"], error
+    assert sidecar.request("loadModel", {"modelPath": str(tiny_model)})["modelId"] == "tiny"
+
+
+def test_llama_cpp_own_reason_for_an_unknown_architecture(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "arch.gguf"
+    _wrong_architecture(path, tiny_model.read_bytes())
+    assert (
+        "unknown model architecture: 'zzzzz'"
+        in sidecar.error("loadModel", {"modelPath": str(path)})["data"]["reason"]
+    )
+
+
+def test_mutated_headers_never_crash_the_sidecar(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path
+) -> None:
+    model = tiny_model.read_bytes()
+    header_end = 20_000  # the key-value header and tensor table of the tiny model lie in front of this
+    rng = random.Random(42)
+    outcomes = {"loaded": 0, "refused": 0}
+    for round_number in range(60):
+        mutated = bytearray(model)
+        for _ in range(rng.randint(1, 8)):
+            mutated[rng.randrange(8, header_end)] = rng.randrange(256)
+        path = tmp_path / f"mutant{round_number}.gguf"
+        path.write_bytes(mutated)
+        response = sidecar.response(sidecar.send_request("loadModel", {"modelPath": str(path)}))
+        outcomes["loaded" if "result" in response else "refused"] += 1
+        if "result" in response:
+            sidecar.request("unloadModel", {"modelId": response["result"]["modelId"]})
+        else:
+            assert response["error"]["code"] in (-32003, -32602), response
+    assert outcomes["refused"] > 0
+    assert sidecar.request("loadModel", {"modelPath": str(tiny_model)})["modelId"] == "tiny"
+
+
+def test_unreadable_file_is_refused_before_llama_cpp_opens_it(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root here, which reads any file; so the permission answer is simulated.
+    monkeypatch.setattr(os, "access", lambda _path, _mode: False)
+    with pytest.raises(ModelLoadFailed) as raised:
+        LlamaCppEngine().load(str(tiny_model), LoadOptions())
+    assert raised.value.data == {"reason": "permission denied"}
