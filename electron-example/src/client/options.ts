@@ -1,0 +1,114 @@
+/**
+ * The old `LlmService` call shapes → protocol params.
+ *
+ * Prompt options use the protocol's camelCase names; a few node-llama-cpp
+ * names users already know are accepted too (`customStopTriggers`,
+ * `systemPrompt`, `repeatPenalty: {penalty}`). Unknown option names are
+ * reported to the logger and left out, so an old call keeps working instead of
+ * being refused by the sidecar's strict params check. It knows names and
+ * shapes, not processes or timeouts.
+ */
+
+import type { Logger } from './log.js';
+import type { ChatMessage, GenerationParams, LoadModelParams } from './protocol-types.js';
+
+/** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names). */
+export type LoadModelOptions = LoadModelParams;
+
+export interface PromptOptions {
+  maxTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  /** A number, or node-llama-cpp's `{penalty}` object; `false` turns it off. */
+  repeatPenalty?: number | false | { penalty?: number };
+  seed?: number;
+  stop?: string[];
+  /** node-llama-cpp's name for `stop` (only string triggers are supported). */
+  customStopTriggers?: readonly (string | readonly unknown[])[];
+  /** Earlier turns of the conversation; the prompt text follows them as the user's turn. */
+  messages?: ChatMessage[];
+  /** node-llama-cpp's system prompt: sent as the first, `system`, message. */
+  systemPrompt?: string;
+  /** Send the text as a raw completion prompt instead of a user chat message. */
+  raw?: boolean;
+  modelId?: string;
+  /** Cancels the prompt; the call then resolves with what was generated so far (finishReason "cancelled"). */
+  signal?: AbortSignal;
+  /** A key for `LlmService.cancel(requestId)`, the old handle-style cancel. */
+  requestId?: string;
+  /** This call's worker timeout, instead of the service's `workerTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+const SAMPLING_KEYS = ['maxTokens', 'temperature', 'topK', 'topP', 'minP', 'seed', 'modelId'] as const;
+const PROMPT_KEYS = new Set<string>([
+  ...SAMPLING_KEYS,
+  'repeatPenalty',
+  'stop',
+  'customStopTriggers',
+  'messages',
+  'systemPrompt',
+  'raw',
+  'signal',
+  'requestId',
+  'timeoutMs',
+]);
+const LOAD_KEYS = [
+  'modelPath',
+  'modelId',
+  'contextSize',
+  'threads',
+  'gpuLayers',
+  'batchSize',
+  'useMmap',
+  'seed',
+] as const;
+
+/** The params of `prompt`/`promptStream` for `text` with the old-style `options`. */
+export function generationParams(text: string, options: PromptOptions, logger: Logger): GenerationParams {
+  warnUnknown(options, PROMPT_KEYS, 'prompt', logger);
+  const params: GenerationParams = {};
+  for (const key of SAMPLING_KEYS) {
+    if (options[key] !== undefined) Object.assign(params, { [key]: options[key] });
+  }
+  const repeatPenalty = repeatPenaltyValue(options.repeatPenalty);
+  if (repeatPenalty !== undefined) params.repeatPenalty = repeatPenalty;
+  const stop = [...(options.stop ?? []), ...(options.customStopTriggers ?? []).filter(isString)];
+  if (stop.length > 0) params.stop = stop;
+  if (options.raw) {
+    params.prompt = text;
+  } else {
+    const system = options.systemPrompt === undefined ? [] : [{ role: 'system', content: options.systemPrompt }];
+    const user = text === '' ? [] : [{ role: 'user', content: text }];
+    params.messages = [...system, ...(options.messages ?? []), ...user];
+  }
+  return params;
+}
+
+/** `loadModel`'s params from a path or an options object. */
+export function loadModelParams(pathOrOptions: string | LoadModelOptions, logger: Logger): LoadModelParams {
+  if (typeof pathOrOptions === 'string') return { modelPath: pathOrOptions };
+  warnUnknown(pathOrOptions, new Set(LOAD_KEYS), 'loadModel', logger);
+  const params: LoadModelParams = { modelPath: pathOrOptions.modelPath };
+  for (const key of LOAD_KEYS) {
+    if (pathOrOptions[key] !== undefined) Object.assign(params, { [key]: pathOrOptions[key] });
+  }
+  return params;
+}
+
+function repeatPenaltyValue(value: PromptOptions['repeatPenalty']): number | undefined {
+  if (value === false) return 1;
+  return typeof value === 'object' ? value.penalty : value;
+}
+
+function warnUnknown(options: object, known: ReadonlySet<string>, call: string, logger: Logger): void {
+  const unknown = Object.keys(options).filter((key) => !known.has(key));
+  if (unknown.length > 0)
+    logger('warn', `${call}: ignored option(s) the sidecar does not support: ${unknown.join(', ')}`);
+}
+
+function isString(value: unknown): value is string {
+  return typeof value === 'string';
+}

@@ -1,0 +1,204 @@
+/**
+ * A `Transport` over a child process's stdio: the sidecar as the peer.
+ *
+ * It only manages the child: spawns it (hidden window on Windows), frames
+ * stdout into JSON messages, always drains stderr (forwarded to the logger,
+ * with a tail of the last lines kept for error messages), and closes it with
+ * stdin end, then SIGTERM, then SIGKILL, waiting between steps. It knows
+ * nothing of JSON-RPC: ids, methods and errors belong to the layer above.
+ */
+
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+
+import { type ExitInfo, LLMServiceError } from './errors.js';
+import { DEFAULT_MAX_LINE_BYTES, encodeMessage, type Frame, LineReader } from './framing.js';
+import { defaultLogger, type Logger, type LogLevel } from './log.js';
+import type { CloseEvent, Transport } from './transport.js';
+
+/** How to start the sidecar: the venv's python with `-m sidecar`, or a packaged executable. */
+export interface SidecarCommand {
+  readonly command: string;
+  readonly args?: readonly string[];
+  readonly cwd?: string;
+  /** The child's whole environment; the parent's when absent. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export interface ProcessTransportOptions extends SidecarCommand {
+  readonly logger?: Logger;
+  /** How many stderr lines to keep for error messages (default 40). */
+  readonly stderrTailLines?: number;
+  /** Longest stdout line accepted; longer ones are dropped and reported (default 64 MiB). */
+  readonly maxLineBytes?: number;
+  /** How long `close()` waits after ending stdin, and again after SIGTERM (default 2000 ms). */
+  readonly closeGraceMs?: number;
+}
+
+const MAX_STDERR_LINE_BYTES = 64 * 1024;
+const EXCERPT_CHARS = 200;
+/** After 'exit', how long to wait for the pipes to close before destroying them (a grandchild may hold them). */
+const PIPE_CLOSE_MS = 1000;
+
+export class ProcessTransport implements Transport {
+  onmessage?: (message: unknown) => void;
+  onerror?: (error: LLMServiceError) => void;
+  onclose?: (event: CloseEvent) => void;
+
+  private child: ChildProcessWithoutNullStreams | undefined;
+  private readonly stdoutLines: LineReader;
+  private readonly stderrLines = new LineReader(MAX_STDERR_LINE_BYTES);
+  private readonly tail: string[] = [];
+  private readonly logger: Logger;
+  private closing = false;
+  private exitInfo: ExitInfo | undefined;
+  private readonly exited: Promise<void>;
+  private markExited!: () => void;
+
+  constructor(private readonly options: ProcessTransportOptions) {
+    this.logger = options.logger ?? defaultLogger;
+    this.stdoutLines = new LineReader(options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES);
+    this.exited = new Promise((resolve) => {
+      this.markExited = resolve;
+    });
+  }
+
+  /** The child's process id while it runs. */
+  get pid(): number | undefined {
+    return this.exitInfo === undefined ? this.child?.pid : undefined;
+  }
+
+  async start(): Promise<void> {
+    if (this.child !== undefined) throw new Error('ProcessTransport.start() was already called');
+    const { command, args = [], cwd, env } = this.options;
+    const child = spawn(command, args, { cwd, env, stdio: 'pipe', windowsHide: true });
+    this.child = child;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve);
+        child.once('error', reject);
+      });
+    } catch (error) {
+      const message = `Could not start the sidecar (${command}): ${(error as Error).message}`;
+      this.exitInfo = { exitCode: null, signal: null, stderrTail: [] };
+      this.markExited();
+      throw new LLMServiceError('SPAWN_FAILED', message, { command, args, cwd }, { cause: error });
+    }
+    child.on('error', (error) => this.logger('error', `sidecar process error: ${error.message}`));
+    // A write to a dead child fails with EPIPE here; the 'close' event reports the exit.
+    child.stdin.on('error', (error) => this.logger('debug', `sidecar stdin: ${error.message}`));
+    child.stdout.on('data', (chunk: Buffer) => this.onStdout(chunk));
+    child.stdout.on('end', () => this.onStdout(undefined));
+    child.stderr.on('data', (chunk: Buffer) => this.onStderr(chunk));
+    child.stderr.on('end', () => this.onStderr(undefined));
+    child.once('exit', () => setTimeout(() => this.destroyPipes(), PIPE_CLOSE_MS).unref());
+    child.once('close', (code, signal) => this.finish(code, signal));
+  }
+
+  send(message: unknown): Promise<void> {
+    return this.write(encodeMessage(message));
+  }
+
+  /** Write raw bytes as they are (the protocol vectors send lines that are not JSON). */
+  write(data: Uint8Array): Promise<void> {
+    const child = this.child;
+    if (child === undefined || this.exitInfo !== undefined || !child.stdin.writable) {
+      return Promise.reject(new LLMServiceError('CLOSED', 'The sidecar is not running.'));
+    }
+    return new Promise((resolve, reject) => {
+      child.stdin.write(data, (error) => {
+        if (error) reject(new LLMServiceError('CLOSED', `Writing to the sidecar failed: ${error.message}`));
+        else resolve();
+      });
+    });
+  }
+
+  async close(options: { force?: boolean } = {}): Promise<void> {
+    const child = this.child;
+    if (child === undefined || this.exitInfo !== undefined) return;
+    this.closing = true;
+    const grace = this.options.closeGraceMs ?? 2000;
+    if (!options.force) {
+      child.stdin.end();
+      if (await this.waitForExit(grace)) return;
+      this.logger('warn', `the sidecar did not exit ${grace} ms after stdin closed; sending SIGTERM`);
+      child.kill('SIGTERM');
+      if (await this.waitForExit(grace)) return;
+      this.logger('warn', 'the sidecar ignored SIGTERM; sending SIGKILL');
+    }
+    child.kill('SIGKILL');
+    await this.waitForExit(grace);
+  }
+
+  private waitForExit(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), ms);
+    });
+    return Promise.race([this.exited.then(() => true), timeout]).finally(() => clearTimeout(timer));
+  }
+
+  private onStdout(chunk: Buffer | undefined): void {
+    if (chunk === undefined) this.stdoutLines.flush();
+    else this.stdoutLines.append(chunk);
+    for (let frame = this.stdoutLines.read(); frame !== undefined; frame = this.stdoutLines.read()) {
+      this.deliver(frame);
+    }
+  }
+
+  private deliver(frame: Frame): void {
+    if (frame.tooLong) {
+      this.reportBadOutput(`a stdout line of ${frame.size} bytes exceeds the ${frame.limit}-byte limit; dropped`);
+    } else if (!frame.validUtf8) {
+      this.reportBadOutput(`a stdout line is not valid UTF-8: ${excerpt(frame.text)}`);
+    } else {
+      let message: unknown;
+      try {
+        message = JSON.parse(frame.text);
+      } catch {
+        this.reportBadOutput(`a stdout line is not JSON: ${excerpt(frame.text)}`);
+        return;
+      }
+      this.onmessage?.(message);
+    }
+  }
+
+  private reportBadOutput(what: string): void {
+    this.onerror?.(new LLMServiceError('PROTOCOL_ERROR', `The sidecar broke the protocol: ${what}.`));
+  }
+
+  private onStderr(chunk: Buffer | undefined): void {
+    if (chunk === undefined) this.stderrLines.flush();
+    else this.stderrLines.append(chunk);
+    const keep = this.options.stderrTailLines ?? 40;
+    for (let frame = this.stderrLines.read(); frame !== undefined; frame = this.stderrLines.read()) {
+      const line = frame.tooLong ? `[${frame.size} bytes of stderr skipped]` : frame.text;
+      this.tail.push(line);
+      if (this.tail.length > keep) this.tail.shift();
+      this.logger(stderrLevel(line), `sidecar: ${line}`);
+    }
+  }
+
+  private destroyPipes(): void {
+    this.child?.stdout.destroy();
+    this.child?.stderr.destroy();
+  }
+
+  private finish(exitCode: number | null, signal: NodeJS.Signals | null): void {
+    this.exitInfo = { exitCode, signal, stderrTail: [...this.tail] };
+    this.markExited();
+    this.onclose?.({ expected: this.closing, exit: this.exitInfo });
+  }
+}
+
+/** The sidecar logs as "sidecar LEVEL logger: text"; llama.cpp's own lines have no prefix. */
+function stderrLevel(line: string): LogLevel {
+  const level = /^sidecar (DEBUG|INFO|WARNING|ERROR|CRITICAL) /.exec(line)?.[1];
+  if (level === 'INFO') return 'info';
+  if (level === 'WARNING') return 'warn';
+  if (level === 'ERROR' || level === 'CRITICAL') return 'error';
+  return 'debug';
+}
+
+function excerpt(text: string): string {
+  return JSON.stringify(text.length > EXCERPT_CHARS ? `${text.slice(0, EXCERPT_CHARS)}…` : text);
+}

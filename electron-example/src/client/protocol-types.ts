@@ -1,0 +1,621 @@
+/**
+ * The protocol's types, generated from ../protocol/schema by
+ * scripts/generate-protocol-types.ts. Do not edit: run `npm run generate`.
+ * A test fails when this file differs from what the schemas produce.
+ */
+
+/**
+ * A JSON-RPC request id: a string, a number or null. Booleans are not ids.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#RequestId".
+ */
+export type RequestId = string | number | null;
+/**
+ * Why generation ended: an end-of-generation token or stop string (stop), maxTokens or the context was reached (length), or cancel (cancelled).
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#FinishReason".
+ */
+export type FinishReason = "stop" | "length" | "cancelled";
+/**
+ * Every code the server sends.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "error.json#ErrorCode".
+ */
+export type ErrorCode =
+  | ParseError
+  | InvalidRequest
+  | MethodNotFound
+  | InvalidParams
+  | InternalError
+  | ModelFileNotFound
+  | NotInitialized
+  | ModelLoadFailed
+  | NoModelLoaded
+  | UnknownModelId
+  | ContextOverflow
+  | ShuttingDown
+  | GenerationFailed
+  | DuplicateRequestId
+  | MessageTooLarge
+  | ModelPathNotAllowed;
+/**
+ * The line is not valid UTF-8 JSON. The response id is null.
+ */
+export type ParseError = -32700;
+/**
+ * Not a JSON-RPC 2.0 request object (or an empty batch).
+ */
+export type InvalidRequest = -32600;
+/**
+ * No method of that name.
+ */
+export type MethodNotFound = -32601;
+/**
+ * A param is missing, unknown, or of the wrong type or range; the message names it. Also an unsupported protocolVersion.
+ */
+export type InvalidParams = -32602;
+/**
+ * A bug in the sidecar; the traceback is in its stderr log, never in the response.
+ */
+export type InternalError = -32603;
+/**
+ * The model path names no file (for "default": the embedded model is not installed).
+ */
+export type ModelFileNotFound = -32001;
+/**
+ * A request other than initialize came before initialize.
+ */
+export type NotInitialized = -32002;
+/**
+ * llama.cpp could not load the file; data.reason holds its own words.
+ */
+export type ModelLoadFailed = -32003;
+/**
+ * The request needs a model and none is loaded.
+ */
+export type NoModelLoaded = -32004;
+/**
+ * The modelId names no loaded model.
+ */
+export type UnknownModelId = -32005;
+/**
+ * The prompt does not fit the model's context.
+ */
+export type ContextOverflow = -32006;
+/**
+ * The sidecar is shutting down and takes no new requests.
+ */
+export type ShuttingDown = -32007;
+/**
+ * llama.cpp failed in the middle of generating; a stream got a final chunk with finishReason "error".
+ */
+export type GenerationFailed = -32008;
+/**
+ * The id is already used by a request still in flight; the new request is refused, the old one goes on.
+ */
+export type DuplicateRequestId = -32009;
+/**
+ * A line exceeded the maximum line size and was skipped; the response id is null.
+ */
+export type MessageTooLarge = -32010;
+/**
+ * The model path resolves (symlinks included) outside the directories given with --models-dir.
+ */
+export type ModelPathNotAllowed = -32011;
+/**
+ * Anything the sidecar writes: a response, a notification, or a batch of responses.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#ServerMessage".
+ */
+export type ServerMessage = SuccessResponse | ErrorResponse | ServerNotification | (SuccessResponse | ErrorResponse)[];
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/listModels.json#params".
+ */
+export type ListModelsParams = NoParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/loadModel.json#result".
+ */
+export type LoadModelResult = ModelInfo;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/ping.json#params".
+ */
+export type PingParams = NoParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/prompt.json#params".
+ */
+export type PromptParams = GenerationParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/prompt.json#result".
+ */
+export type PromptResult = GenerationResult;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/promptStream.json#params".
+ */
+export type PromptStreamParams = GenerationParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/promptStream.json#result".
+ */
+export type PromptStreamResult = GenerationResult;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/shutdown.json#params".
+ */
+export type ShutdownParams = NoParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/shutdown.json#result".
+ */
+export type ShutdownResult = null;
+
+/**
+ * Every method: its params and result types.
+ */
+export interface ProtocolMethods {
+  cancel: {
+    params: CancelParams;
+    result: CancelResult;
+  };
+  initialize: {
+    params: InitializeParams;
+    result: InitializeResult;
+  };
+  listModels: {
+    params: ListModelsParams;
+    result: ListModelsResult;
+  };
+  loadModel: {
+    params: LoadModelParams;
+    result: LoadModelResult;
+  };
+  ping: {
+    params: PingParams;
+    result: PingResult;
+  };
+  prompt: {
+    params: PromptParams;
+    result: PromptResult;
+  };
+  promptStream: {
+    params: PromptStreamParams;
+    result: PromptStreamResult;
+  };
+  shutdown: {
+    params: ShutdownParams;
+    result: ShutdownResult;
+  };
+  unloadModel: {
+    params: UnloadModelParams;
+    result: UnloadModelResult;
+  };
+}
+/**
+ * A loaded model.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#ModelInfo".
+ */
+export interface ModelInfo {
+  /**
+   * The id that addresses this model in later requests.
+   */
+  modelId: string;
+  /**
+   * The file that was loaded ("default" resolved to the embedded model's path).
+   */
+  modelPath: string;
+  /**
+   * Tokens the context holds (a multiple of 256).
+   */
+  contextSize: number;
+  /**
+   * The context size the model was trained with.
+   */
+  trainContextSize: number;
+  /**
+   * Number of tokens in the vocabulary.
+   */
+  vocabSize: number;
+  /**
+   * Size of the model file in bytes.
+   */
+  sizeBytes: number;
+  /**
+   * general.architecture from the GGUF metadata, e.g. "llama".
+   */
+  architecture: string;
+  /**
+   * general.name from the GGUF metadata, when present.
+   */
+  name?: string;
+  /**
+   * True when the model has a chat template, so `messages` can be used.
+   */
+  chatTemplate: boolean;
+  /**
+   * Milliseconds the load took.
+   */
+  loadMs: number;
+}
+/**
+ * One turn of a conversation.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#ChatMessage".
+ */
+export interface ChatMessage {
+  /**
+   * "system", "user", "assistant", or any role the model's template knows.
+   */
+  role: string;
+  content: string;
+}
+/**
+ * Params of prompt and promptStream. Exactly one of prompt or messages.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#GenerationParams".
+ */
+export interface GenerationParams {
+  /**
+   * Which loaded model; the most recently loaded one when absent.
+   */
+  modelId?: string;
+  /**
+   * Raw completion: the text the model continues (BOS added as the model requires).
+   */
+  prompt?: string;
+  /**
+   * Chat: rendered with the model's own chat template, generation prompt added.
+   *
+   * @minItems 1
+   * @maxItems 10000
+   */
+  messages?: ChatMessage[];
+  /**
+   * Most tokens to generate; the rest of the context when absent.
+   */
+  maxTokens?: number;
+  /**
+   * 0 is greedy (deterministic). Default 0.8.
+   */
+  temperature?: number;
+  /**
+   * Default 40; 0 disables.
+   */
+  topK?: number;
+  /**
+   * Default 0.95; 1 disables.
+   */
+  topP?: number;
+  /**
+   * Default 0.05; 0 disables.
+   */
+  minP?: number;
+  /**
+   * Default 1.0 (off).
+   */
+  repeatPenalty?: number;
+  /**
+   * Sampling seed; the model's load seed, else random, when absent.
+   */
+  seed?: number;
+  /**
+   * Generation ends before the first of these strings; it is not included in the text.
+   *
+   * @maxItems 64
+   */
+  stop?: string[];
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#Usage".
+ */
+export interface Usage {
+  /**
+   * Tokens in the prompt as the model saw it (template and BOS included).
+   */
+  promptTokens: number;
+  /**
+   * Tokens generated (an end-of-generation token is not counted).
+   */
+  completionTokens: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#Timings".
+ */
+export interface Timings {
+  /**
+   * From the request's arrival to the first generated token (queueing and prompt processing included).
+   */
+  ttftMs: number;
+  /**
+   * Prompt processing: from the start of generation to the first token.
+   */
+  promptMs: number;
+  /**
+   * From the first token to the last.
+   */
+  decodeMs: number;
+  /**
+   * Decode speed: tokens after the first divided by decodeMs.
+   */
+  tokensPerSecond: number;
+}
+/**
+ * Result of prompt and promptStream.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#GenerationResult".
+ */
+export interface GenerationResult {
+  /**
+   * The whole reply (for a cancelled stream: what was produced before the cancel).
+   */
+  text: string;
+  finishReason: FinishReason;
+  usage: Usage;
+  timings: Timings;
+}
+/**
+ * The method takes no params: omit them or send {}.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#NoParams".
+ */
+export interface NoParams {}
+/**
+ * The error member of a JSON-RPC error response. data is present only for the codes that define it.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "error.json".
+ */
+export interface ErrorObject {
+  code: ErrorCode;
+  /**
+   * One sentence for a person; do not parse it.
+   */
+  message: string;
+  data?: unknown;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#Request".
+ */
+export interface Request {
+  jsonrpc: "2.0";
+  method: string;
+  params?: {} | unknown[];
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#Notification".
+ */
+export interface Notification {
+  jsonrpc: "2.0";
+  method: string;
+  params?: {} | unknown[];
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#SuccessResponse".
+ */
+export interface SuccessResponse {
+  jsonrpc: "2.0";
+  result: unknown;
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#ErrorResponse".
+ */
+export interface ErrorResponse {
+  jsonrpc: "2.0";
+  error: ErrorObject;
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "message.json#ServerNotification".
+ */
+export interface ServerNotification {
+  jsonrpc: "2.0";
+  method: "streamChunk";
+  params: {};
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/cancel.json#params".
+ */
+export interface CancelParams {
+  /**
+   * The id of the request to cancel.
+   */
+  requestId: RequestId;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/cancel.json#result".
+ */
+export interface CancelResult {
+  /**
+   * False when the id is unknown, finished, or already cancelled.
+   */
+  cancelled: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/initialize.json#params".
+ */
+export interface InitializeParams {
+  /**
+   * The protocol version the client speaks, "MAJOR.MINOR". Any version with the server's major is accepted.
+   */
+  protocolVersion: string;
+  clientInfo?: ClientInfo;
+}
+/**
+ * Who the client is; logged, never acted on.
+ */
+export interface ClientInfo {
+  name: string;
+  version?: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/initialize.json#result".
+ */
+export interface InitializeResult {
+  /**
+   * The version the server speaks.
+   */
+  protocolVersion: string;
+  serverInfo: ServerInfo;
+  capabilities: Capabilities;
+}
+export interface ServerInfo {
+  name: "llama-sidecar";
+  version: string;
+  llamaCppPythonVersion: string;
+}
+export interface Capabilities {
+  /**
+   * Every method this server answers.
+   */
+  methods: string[];
+  /**
+   * Every notification this server may send.
+   */
+  notifications: string[];
+  /**
+   * Longest line the server reads; longer lines get MessageTooLarge (-32010).
+   */
+  maxLineBytes: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/listModels.json#result".
+ */
+export interface ListModelsResult {
+  models: ModelInfo[];
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/loadModel.json#params".
+ */
+export interface LoadModelParams {
+  /**
+   * Path of a .gguf file, or "default" for the embedded SmolLM2-135M-Instruct.
+   */
+  modelPath: string;
+  /**
+   * Id to address the model by; the file name without extension when absent.
+   */
+  modelId?: string;
+  /**
+   * Context size in tokens, at most the model's training context, rounded up to a multiple of 256; min(training context, 4096) when absent. Refused (-32602) when its KV cache would not fit in the memory available.
+   */
+  contextSize?: number;
+  /**
+   * CPU threads for generation and prompt processing; all cores when absent.
+   */
+  threads?: number;
+  /**
+   * Layers to offload to a GPU (when llama.cpp was built with one). Default 0.
+   */
+  gpuLayers?: number;
+  /**
+   * Prompt processing batch size. Default 512.
+   */
+  batchSize?: number;
+  /**
+   * Memory-map the file. Default true.
+   */
+  useMmap?: boolean;
+  /**
+   * Default sampling seed for this model's requests; a random seed per request when absent.
+   */
+  seed?: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/ping.json#result".
+ */
+export interface PingResult {}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/unloadModel.json#params".
+ */
+export interface UnloadModelParams {
+  /**
+   * Which model; the default (latest loaded) one when absent.
+   */
+  modelId?: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/unloadModel.json#result".
+ */
+export interface UnloadModelResult {
+  /**
+   * False when there was no such model.
+   */
+  unloaded: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "notifications/streamChunk.json#params".
+ */
+export interface StreamChunkParams {
+  /**
+   * The id of the promptStream request.
+   */
+  requestId: RequestId;
+  /**
+   * 0, 1, 2, ... per stream, with no gaps; the final chunk has the highest.
+   */
+  index: number;
+  /**
+   * Text: whole UTF-8 characters, never part of a stop string. Empty in the final chunk.
+   */
+  content: string;
+  /**
+   * True on the last chunk of the stream, and only there.
+   */
+  isFinal: boolean;
+  /**
+   * Milliseconds since the Unix epoch when the server sent the chunk.
+   */
+  timestamp: number;
+  /**
+   * Final chunk only. "error": generation failed; the response is then an error.
+   */
+  finishReason?: "stop" | "length" | "cancelled" | "error";
+  /**
+   * Final chunk only, unless finishReason is "error".
+   */
+  usage?: Usage;
+  /**
+   * Final chunk only, unless finishReason is "error".
+   */
+  timings?: Timings;
+}
+
+/**
+ * Every notification the sidecar sends: its params type.
+ */
+export interface ProtocolNotifications {
+  streamChunk: StreamChunkParams;
+}

@@ -1,0 +1,199 @@
+/**
+ * JSON-RPC 2.0 over any `Transport`: ids, correlation, timeouts, cancellation.
+ *
+ * Each request gets an integer id and waits for the response with that id;
+ * `streamChunk` notifications are routed to their request by `requestId`. A
+ * timeout or an abandoned request sends `cancel` and rejects at once; an
+ * AbortSignal sends `cancel` and keeps waiting, because the sidecar answers a
+ * cancelled prompt with its partial result. When the channel closes, every
+ * pending call rejects at once. It knows the envelope and the `cancel` and
+ * `streamChunk` names, not what the methods mean.
+ *
+ * Not the `json-rpc-2.0` package: its client rejects pending calls only with
+ * a message string and has no notification routing or cancel hook, which are
+ * most of what this layer does; the id bookkeeping it would save is a Map.
+ */
+
+import { LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
+import { defaultLogger, type Logger } from './log.js';
+import type { StreamChunkParams } from './protocol-types.js';
+import type { CloseEvent, Transport } from './transport.js';
+
+export interface RequestOptions {
+  /** Reject with `WorkerTimeoutError` (and cancel the request) when no response comes in time. */
+  readonly timeoutMs?: number | undefined;
+  /** Send `cancel` when it fires; the response (for prompts, a cancelled result) still settles the call. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+export interface StreamOptions extends RequestOptions {
+  /** Reject with `WorkerTimeoutError` (and cancel) when no chunk arrives in time. */
+  readonly firstChunkTimeoutMs?: number | undefined;
+}
+
+export interface CallOptions extends StreamOptions {
+  /** Receives the request's `streamChunk` notifications, in order, before the result settles. */
+  readonly onChunk?: ((chunk: StreamChunkParams) => void) | undefined;
+}
+
+type Outcome = { readonly result: unknown } | { readonly error: unknown };
+
+interface PendingCall {
+  readonly method: string;
+  readonly resolve: (result: unknown) => void;
+  readonly reject: (error: unknown) => void;
+  readonly onChunk: ((chunk: StreamChunkParams) => void) | undefined;
+  readonly cleanups: (() => void)[];
+  firstChunkTimer?: NodeJS.Timeout;
+}
+
+export class RpcConnection {
+  /** Settles when the transport closes, with how it closed. */
+  readonly closed: Promise<CloseEvent>;
+
+  private nextId = 1;
+  private readonly pending = new Map<number, PendingCall>();
+  private closedError: LLMServiceError | undefined;
+  private closedWith: CloseEvent | undefined;
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly logger: Logger = defaultLogger,
+  ) {
+    transport.onmessage = (message) => this.receive(message);
+    // A stray line is logged, not fatal: the sidecar keeps stdout for the protocol, so such a
+    // line is rare and usually precedes a crash, which the close below reports to every call.
+    transport.onerror = (error) => this.logger('error', error.message);
+    this.closed = new Promise((resolve) => {
+      transport.onclose = (event) => {
+        this.failAll(event);
+        resolve(event);
+      };
+    });
+  }
+
+  /** How the transport closed, once it has: every call then rejects at once. */
+  get closeEvent(): CloseEvent | undefined {
+    return this.closedWith;
+  }
+
+  /** Send a request; resolves with its `result`, rejects with an `LLMServiceError`. */
+  request(method: string, params: object | undefined, options: CallOptions = {}): Promise<unknown> {
+    if (this.closedError !== undefined) return Promise.reject(this.closedError);
+    if (options.signal?.aborted) {
+      return Promise.reject(new LLMServiceError('ABORTED', `${method} was aborted before it was sent.`));
+    }
+    const id = this.nextId++;
+    const result = new Promise<unknown>((resolve, reject) => {
+      const call: PendingCall = { method, resolve, reject, onChunk: options.onChunk, cleanups: [] };
+      this.pending.set(id, call);
+      this.armTimers(id, call, options);
+    });
+    const message = { jsonrpc: '2.0', id, method, ...(params === undefined ? {} : { params }) };
+    // A failed write means the channel is going; its close event rejects the call with the reason.
+    this.transport.send(message).catch((error: unknown) => {
+      this.logger('debug', `${method} not sent: ${(error as Error).message}`);
+    });
+    return result;
+  }
+
+  /** Send a notification; failures are logged (the close event reports a dead channel). */
+  notify(method: string, params: object): void {
+    this.transport.send({ jsonrpc: '2.0', method, params }).catch((error: unknown) => {
+      this.logger('debug', `notification ${method} not sent: ${(error as Error).message}`);
+    });
+  }
+
+  private armTimers(id: number, call: PendingCall, options: StreamOptions): void {
+    const { timeoutMs, firstChunkTimeoutMs, signal } = options;
+    const giveUpAfter = (ms: number, what: string): NodeJS.Timeout => {
+      const timer = setTimeout(
+        () => this.abandon(id, new WorkerTimeoutError(`${call.method} ${what} within ${ms} ms.`, ms)),
+        ms,
+      );
+      call.cleanups.push(() => clearTimeout(timer));
+      return timer;
+    };
+    if (timeoutMs !== undefined) giveUpAfter(timeoutMs, 'got no response');
+    if (firstChunkTimeoutMs !== undefined)
+      call.firstChunkTimer = giveUpAfter(firstChunkTimeoutMs, 'sent no first chunk');
+    if (signal !== undefined) {
+      const onAbort = (): void => this.notify('cancel', { requestId: id });
+      signal.addEventListener('abort', onAbort, { once: true });
+      call.cleanups.push(() => signal.removeEventListener('abort', onAbort));
+    }
+  }
+
+  /** Give up on a request now: reject it, drop whatever still arrives for it, and ask the sidecar to stop it. */
+  private abandon(id: number, error: unknown): void {
+    if (this.settle(id, { error })) this.notify('cancel', { requestId: id });
+  }
+
+  /** Settle a pending call once; false when it was not pending (answered, abandoned, unknown). */
+  private settle(id: number, outcome: Outcome): boolean {
+    const call = this.pending.get(id);
+    if (call === undefined) return false;
+    this.pending.delete(id);
+    for (const cleanup of call.cleanups) cleanup();
+    if ('error' in outcome) call.reject(outcome.error);
+    else call.resolve(outcome.result);
+    return true;
+  }
+
+  private receive(message: unknown): void {
+    for (const item of Array.isArray(message) ? message : [message]) {
+      if (!isObject(item))
+        this.logger('error', `The sidecar sent a message that is not an object: ${JSON.stringify(item)}`);
+      else if (typeof item['method'] === 'string') this.receiveNotification(item['method'], item['params']);
+      else this.receiveResponse(item);
+    }
+  }
+
+  private receiveNotification(method: string, params: unknown): void {
+    if (method !== 'streamChunk' || !isObject(params) || typeof params['requestId'] !== 'number') {
+      this.logger('debug', `ignored notification ${method}`);
+      return;
+    }
+    // Chunks of an abandoned request find no call: it was rejected already.
+    const call = this.pending.get(params['requestId']);
+    if (call === undefined) return;
+    clearTimeout(call.firstChunkTimer);
+    try {
+      call.onChunk?.(params as unknown as StreamChunkParams);
+    } catch (error) {
+      // The caller's callback failed: stop the stream and hand the caller its own error.
+      this.abandon(params['requestId'], error);
+    }
+  }
+
+  private receiveResponse(response: Record<string, unknown>): void {
+    const id = response['id'];
+    const error = response['error'];
+    if (typeof id !== 'number' || !this.pending.has(id)) {
+      // id null: the sidecar could not read a line we sent, which this client never should cause.
+      const level = id === null ? 'error' : 'debug';
+      this.logger(level, `response to no pending request: ${JSON.stringify(response).slice(0, 300)}`);
+    } else if (isObject(error)) {
+      const code = typeof error['code'] === 'number' ? error['code'] : -32603;
+      const text = typeof error['message'] === 'string' ? error['message'] : 'error without a message';
+      this.settle(id, { error: new LLMServiceError(code, text, error['data']) });
+    } else if ('result' in response) {
+      this.settle(id, { result: response['result'] });
+    } else {
+      const text = `The sidecar sent a response with neither result nor error (id ${id}).`;
+      this.settle(id, { error: new LLMServiceError('PROTOCOL_ERROR', text, response) });
+    }
+  }
+
+  private failAll(event: CloseEvent): void {
+    this.closedWith = event;
+    this.closedError = event.expected
+      ? new LLMServiceError('CLOSED', 'The sidecar was closed.', event.exit)
+      : sidecarExitedError(event.exit);
+    for (const id of [...this.pending.keys()]) this.settle(id, { error: this.closedError });
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,176 @@
+/**
+ * `SidecarClient`: one sidecar process and a typed method per protocol method.
+ *
+ * `SidecarClient.spawn` starts the process and sends `initialize` before it
+ * returns; `close` asks for `shutdown`, then lets the transport end the
+ * process. Types come from the generated protocol-types.ts. It does not
+ * restart anything, remember models or retry: `LlmService` does that.
+ */
+
+import { LLMServiceError } from './errors.js';
+import { defaultLogger, type Logger } from './log.js';
+import { ProcessTransport, type ProcessTransportOptions } from './process-transport.js';
+import type {
+  CancelResult,
+  ClientInfo,
+  GenerationParams,
+  GenerationResult,
+  InitializeParams,
+  InitializeResult,
+  ListModelsResult,
+  LoadModelParams,
+  ModelInfo,
+  PingResult,
+  ProtocolMethods,
+  RequestId,
+  StreamChunkParams,
+  UnloadModelParams,
+  UnloadModelResult,
+} from './protocol-types.js';
+import { type CallOptions, type RequestOptions, RpcConnection, type StreamOptions } from './rpc.js';
+import type { CloseEvent, Transport } from './transport.js';
+
+export const PROTOCOL_VERSION = '1.0';
+
+export interface SidecarClientOptions {
+  readonly logger?: Logger;
+  /** Sent with `initialize`; the sidecar logs it. */
+  readonly clientInfo?: ClientInfo;
+  /** Spawn through `initialize`'s answer (default 30 s); past it the process is killed. */
+  readonly startTimeoutMs?: number;
+  /** Default timeout of every method but loadModel, prompt and promptStream (default 60 s). */
+  readonly requestTimeoutMs?: number;
+  /** Default timeout of loadModel (default 5 min). Prompts have none unless a call sets one. */
+  readonly loadTimeoutMs?: number;
+  /** How long `close` waits for `shutdown`'s answer (default 2 s); a process transport waits as long at each later step. */
+  readonly closeGraceMs?: number | undefined;
+}
+
+export type SpawnOptions = SidecarClientOptions & ProcessTransportOptions;
+
+/** The protocol's graceful-close wait: the sidecar exits within 2 s of `shutdown`. */
+const DEFAULT_CLOSE_GRACE_MS = 2000;
+
+export class SidecarClient {
+  /** Settles when the sidecar has exited, with how (expected after `close`, or a crash). */
+  readonly closed: Promise<CloseEvent>;
+  private readonly rpc: RpcConnection;
+  private serverInfo: InitializeResult | undefined;
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly options: SidecarClientOptions = {},
+  ) {
+    this.rpc = new RpcConnection(transport, options.logger ?? defaultLogger);
+    this.closed = this.rpc.closed;
+  }
+
+  /** Spawn the sidecar and initialize it; the client is ready for any method. */
+  static async spawn(options: SpawnOptions): Promise<SidecarClient> {
+    return SidecarClient.connect(new ProcessTransport(options), options);
+  }
+
+  /** Start `transport` and initialize the sidecar behind it. */
+  static async connect(transport: Transport, options: SidecarClientOptions = {}): Promise<SidecarClient> {
+    await transport.start();
+    const client = new SidecarClient(transport, options);
+    try {
+      await client.initialize(undefined, { timeoutMs: options.startTimeoutMs ?? 30_000 });
+    } catch (error) {
+      // A sidecar that never initialized holds nothing worth a graceful stop.
+      await transport.close({ force: true });
+      throw error;
+    }
+    return client;
+  }
+
+  /** How the sidecar ended, once it has (set before any pending call is rejected). */
+  get exit(): CloseEvent | undefined {
+    return this.rpc.closeEvent;
+  }
+
+  /** The sidecar's process id while it runs (for a process transport). */
+  get pid(): number | undefined {
+    return this.transport.pid;
+  }
+
+  /** What the sidecar said in answer to `initialize`. */
+  get info(): InitializeResult | undefined {
+    return this.serverInfo;
+  }
+
+  async initialize(params?: InitializeParams, options?: RequestOptions): Promise<InitializeResult> {
+    const clientInfo = this.options.clientInfo ?? { name: 'llama-sidecar-ts-client' };
+    this.serverInfo = await this.call(
+      'initialize',
+      params ?? { protocolVersion: PROTOCOL_VERSION, clientInfo },
+      options,
+    );
+    return this.serverInfo;
+  }
+
+  loadModel(params: LoadModelParams, options?: RequestOptions): Promise<ModelInfo> {
+    return this.call('loadModel', params, options);
+  }
+
+  unloadModel(params: UnloadModelParams = {}, options?: RequestOptions): Promise<UnloadModelResult> {
+    return this.call('unloadModel', params, options);
+  }
+
+  listModels(options?: RequestOptions): Promise<ListModelsResult> {
+    return this.call('listModels', {}, options);
+  }
+
+  prompt(params: GenerationParams, options?: RequestOptions): Promise<GenerationResult> {
+    return this.call('prompt', params, options);
+  }
+
+  /** Stream a reply: `onChunk` gets every chunk (the `isFinal` one last), then the result settles. */
+  promptStream(
+    params: GenerationParams,
+    onChunk: (chunk: StreamChunkParams) => void,
+    options: StreamOptions = {},
+  ): Promise<GenerationResult> {
+    return this.call('promptStream', params, { ...options, onChunk });
+  }
+
+  cancel(requestId: RequestId, options?: RequestOptions): Promise<CancelResult> {
+    return this.call('cancel', { requestId }, options);
+  }
+
+  ping(options?: RequestOptions): Promise<PingResult> {
+    return this.call('ping', {}, options);
+  }
+
+  shutdown(options?: RequestOptions): Promise<null> {
+    return this.call('shutdown', {}, options);
+  }
+
+  /** Stop the sidecar: `shutdown` (bounded), then stdin end → SIGTERM → SIGKILL as needed; `force` skips to SIGKILL. */
+  async close(options: { force?: boolean } = {}): Promise<void> {
+    if (!options.force) {
+      await this.shutdown({ timeoutMs: this.options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS }).catch(
+        (error: unknown) => {
+          if (!(error instanceof LLMServiceError)) throw error;
+        },
+      );
+    }
+    await this.transport.close(options);
+  }
+
+  /** The one place where a result is taken to be of its schema's type (the sidecar's tests validate them). */
+  private async call<M extends keyof ProtocolMethods>(
+    method: M,
+    params: ProtocolMethods[M]['params'],
+    options: CallOptions = {},
+  ): Promise<ProtocolMethods[M]['result']> {
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs(method);
+    return (await this.rpc.request(method, params, { ...options, timeoutMs })) as ProtocolMethods[M]['result'];
+  }
+
+  private defaultTimeoutMs(method: keyof ProtocolMethods): number | undefined {
+    if (method === 'prompt' || method === 'promptStream') return undefined;
+    if (method === 'loadModel') return this.options.loadTimeoutMs ?? 300_000;
+    return this.options.requestTimeoutMs ?? 60_000;
+  }
+}

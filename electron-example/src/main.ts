@@ -1,0 +1,80 @@
+/**
+ * The Electron main process: owns the `LlmService` (and so the sidecar),
+ * opens the locked-down window, and wires `window.llm`'s IPC to the service.
+ *
+ * Unpackaged, the sidecar is this repository's venv python (`-m sidecar`);
+ * packaged, it is the executable shipped in resources/sidecar (see
+ * docs/migration.md). On quit the sidecar is shut down gracefully before the
+ * app exits. Everything testable without Electron lives in window.ts and ipc.ts.
+ */
+
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { app, BrowserWindow, ipcMain, session } from 'electron';
+
+import { LlmService, type Logger, type SidecarCommand } from './client/index.js';
+import { CHANNELS, registerLlmIpc } from './ipc.js';
+import { devSidecarCommand } from './sidecar-command.js';
+import { createMainWindow, isAppPage } from './window.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const INDEX_PATH = path.join(HERE, 'renderer', 'index.html');
+
+const logger: Logger = (level, message) => {
+  if (level !== 'debug') console.log(`[${level}] ${message}`);
+};
+
+/** A packaged app ships the sidecar as a PyInstaller executable under resources/sidecar/. */
+function sidecarCommand(): SidecarCommand {
+  if (!app.isPackaged) return devSidecarCommand();
+  const executable = process.platform === 'win32' ? 'llama-sidecar.exe' : 'llama-sidecar';
+  return { command: path.join(process.resourcesPath, 'sidecar', executable) };
+}
+
+const service = new LlmService({
+  sidecar: sidecarCommand(),
+  logger,
+  clientInfo: { name: 'electron-example', version: app.getVersion() },
+});
+
+async function openWindow(): Promise<void> {
+  const window = await createMainWindow({
+    BrowserWindow,
+    preloadPath: path.join(HERE, 'preload.cjs'),
+    indexPath: INDEX_PATH,
+  });
+  const unregister = registerLlmIpc(ipcMain, {
+    service,
+    model: 'default',
+    sampling: { maxTokens: 512, temperature: 0.7 },
+    emit: (event) => {
+      if (!window.isDestroyed()) window.webContents.send(CHANNELS.event, event);
+    },
+    isTrustedSender: (event) => isAppPage(event.senderFrame?.url, INDEX_PATH),
+  });
+  window.on('closed', unregister);
+}
+
+app
+  .whenReady()
+  .then(async () => {
+    // The page needs no camera, microphone, notifications or anything else.
+    session.defaultSession.setPermissionRequestHandler((_contents, _permission, callback) => callback(false));
+    await openWindow();
+  })
+  .catch((error: unknown) => {
+    logger('error', `could not start: ${(error as Error).message}`);
+    app.exit(1);
+  });
+
+app.on('window-all-closed', () => app.quit());
+
+let disposed = false;
+app.on('will-quit', (event) => {
+  if (disposed) return;
+  // Hold the quit until the sidecar has shut down, so it never outlives the app.
+  event.preventDefault();
+  disposed = true;
+  void service.dispose().finally(() => app.quit());
+});

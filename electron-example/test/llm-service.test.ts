@@ -1,0 +1,250 @@
+/** LlmService, the drop-in API: streaming, cancel, crash supervision, worker timeouts and retries. */
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  type LlmChunk,
+  LlmService,
+  type LlmServiceOptions,
+  LLMServiceError,
+  WorkerTimeoutError,
+} from '../src/client/index.js';
+import {
+  devSidecarCommand,
+  GREEDY,
+  PACKAGE_DIR,
+  recordingLogger,
+  tempDir,
+  TEST_LOAD,
+  writeTinyModel,
+} from './helpers/sidecar.js';
+
+const FAKE_SIDECAR = path.join(PACKAGE_DIR, 'test', 'fixtures', 'fake-sidecar.mjs');
+
+function fakeService(
+  mode: string,
+  options: Partial<LlmServiceOptions> = {},
+): { service: LlmService; received: () => string[] } {
+  const { logger, entries } = recordingLogger();
+  const service = new LlmService({
+    sidecar: { command: process.execPath, args: [FAKE_SIDECAR, mode] },
+    logger,
+    workerTimeoutMs: 300,
+    closeGraceMs: 300,
+    restart: { initialDelayMs: 10 },
+    ...options,
+  });
+  const received = (): string[] =>
+    entries.flatMap((e) => /fake (\d+) received (.*)$/.exec(e.message)?.slice(1, 3).join(' ') ?? []);
+  return { service, received };
+}
+
+describe('LlmService on the real sidecar', () => {
+  const models = tempDir();
+  const { logger, entries } = recordingLogger();
+  const service = new LlmService({ sidecar: devSidecarCommand(), logger, restart: { initialDelayMs: 50 } });
+  let tiny: string;
+
+  before(async () => {
+    tiny = await writeTinyModel(models.dir, 'tiny');
+    await service.loadModel({ modelPath: tiny, ...TEST_LOAD });
+  });
+  after(async () => {
+    await service.dispose();
+    models.remove();
+  });
+
+  test('promptStream keeps the old chunk shape, ends with one final chunk, and resolves to the result', async () => {
+    const chunks: LlmChunk[] = [];
+    const result = await service.promptStream({ text: 'hello' }, (c) => chunks.push(c), { maxTokens: 8, ...GREEDY });
+    for (const chunk of chunks) {
+      assert.equal(typeof chunk.content, 'string');
+      assert.equal(typeof chunk.timestamp, 'number');
+    }
+    assert.deepEqual(
+      chunks.map((c) => c.index),
+      chunks.map((_c, i) => i),
+    );
+    assert.deepEqual(chunks.filter((c) => c.isFinal).length, 1);
+    const final = chunks.at(-1);
+    assert.equal(final?.isFinal, true);
+    assert.equal(final?.finishReason, 'length');
+    assert.deepEqual(final?.usage, result.usage);
+    assert.equal(result.finishReason, 'length');
+    assert.ok(result.timings.tokensPerSecond >= 0);
+    assert.ok(!('finishReason' in (chunks[0] ?? {})), 'only the final chunk has a finish reason');
+  });
+
+  test('prompt(text) equals the joined stream of the same text', async () => {
+    const options = { maxTokens: 16, systemPrompt: 'be brief', ...GREEDY };
+    let streamed = '';
+    await service.promptStream('tell me', (c) => (streamed += c.content), options);
+    assert.equal(await service.prompt('tell me', options), streamed);
+  });
+
+  test('node-llama-cpp names: customStopTriggers stops before the trigger', async () => {
+    const text = await service.prompt('hello world', { maxTokens: 40, raw: true, ...GREEDY });
+    const trigger = text.slice(10, 13);
+    const stopped = await service.prompt('hello world', {
+      maxTokens: 40,
+      raw: true,
+      customStopTriggers: [trigger],
+      ...GREEDY,
+    });
+    assert.equal(stopped, text.slice(0, text.indexOf(trigger)));
+  });
+
+  test('an AbortSignal, or cancel(requestId), cancels a running stream', async () => {
+    for (const how of ['signal', 'requestId'] as const) {
+      const controller = new AbortController();
+      let count = 0;
+      const result = await service.promptStream(
+        'hello',
+        () => {
+          if (++count === 1) {
+            if (how === 'signal') controller.abort();
+            else assert.equal(service.cancel('stream-1'), true);
+          }
+        },
+        { ...GREEDY, ...(how === 'signal' ? { signal: controller.signal } : { requestId: 'stream-1' }) },
+      );
+      assert.equal(result.finishReason, 'cancelled', how);
+    }
+    assert.equal(service.cancel('stream-1'), false, 'a finished stream has no handle left');
+  });
+
+  test('kill -9 mid-stream rejects the call within 1 s; the next call restarts the sidecar with the model reloaded', async () => {
+    const before = service.sidecarPid;
+    assert.ok(before !== undefined);
+    let killedAt = 0;
+    const stream = service.promptStream(
+      'hello',
+      () => {
+        if (killedAt === 0) {
+          killedAt = Date.now();
+          process.kill(before, 'SIGKILL');
+        }
+      },
+      GREEDY,
+    );
+    await assert.rejects(stream, (error: unknown) => {
+      assert.ok(error instanceof LLMServiceError);
+      assert.equal(error.code, 'SIDECAR_EXITED');
+      assert.match(error.message, /SIGKILL/);
+      assert.deepEqual((error.data as { signal: string }).signal, 'SIGKILL');
+      return true;
+    });
+    const rejectedAfterMs = Date.now() - killedAt;
+    assert.ok(rejectedAfterMs < 1000, `rejected ${rejectedAfterMs} ms after the kill`);
+
+    const reply = await service.prompt('hello', { maxTokens: 5, raw: true, ...GREEDY });
+    assert.ok(reply.length > 0);
+    assert.notEqual(service.sidecarPid, before);
+    const [model] = await service.listModels();
+    assert.equal(model?.modelPath, tiny);
+    assert.ok(entries.some((e) => /reloaded model tiny/.test(e.message)));
+  });
+});
+
+describe('LlmService worker timeouts', () => {
+  // Each test disposes the service before reading what the fake received: once the
+  // sidecar has exited, every stderr line it wrote has been read.
+  test('no first chunk: the stream is cancelled, then tried again once, then fails as timed out after retries', async () => {
+    const { service, received } = fakeService('silent');
+    await service.loadModel('/fake.gguf');
+    const chunks: LlmChunk[] = [];
+    const outcome = await service.promptStream('hi', (c) => chunks.push(c)).catch((error: unknown) => error);
+    await service.dispose();
+    assert.ok(outcome instanceof LLMServiceError && !(outcome instanceof WorkerTimeoutError));
+    assert.equal(outcome.code, 'TIMEOUT');
+    assert.match(
+      outcome.message,
+      /^promptStream timed out after 2 attempts \(the last: promptStream sent no first chunk within 300 ms\.\)$/,
+    );
+    assert.deepEqual(outcome.data, { attempts: 2, timeoutMs: 300 });
+    assert.ok(outcome.cause instanceof WorkerTimeoutError);
+    assert.deepEqual(chunks, []);
+    // Each timed-out request is cancelled before the next try; 4 is the health ping between tries.
+    const calls = received().map((line) => line.split(' ').slice(1).join(' '));
+    assert.deepEqual(calls, [
+      'initialize 1',
+      'loadModel 2',
+      'promptStream 3',
+      'cancel 3',
+      'ping 4',
+      'promptStream 5',
+      'cancel 5',
+      'shutdown 6',
+    ]);
+  });
+
+  test('prompt: the timeout applies to the response; maxAttempts bounds the tries', async () => {
+    const { service, received } = fakeService('silent', { maxAttempts: 3 });
+    const outcome = await service.prompt('hi', { timeoutMs: 100 }).catch((error: unknown) => error);
+    await service.dispose();
+    assert.match(
+      String(outcome),
+      /prompt timed out after 3 attempts \(the last: prompt got no response within 100 ms\.\)/,
+    );
+    assert.equal(received().filter((line) => / prompt /.test(line)).length, 3);
+  });
+
+  test('a sidecar that stops answering even ping is restarted, with its models reloaded, before the retry', async () => {
+    const { service, received } = fakeService('hang-after-load');
+    await service.loadModel('/fake.gguf');
+    const outcome = await service.prompt('hi').catch((error: unknown) => error);
+    await service.dispose();
+    assert.equal((outcome as LLMServiceError).code, 'TIMEOUT');
+    assert.equal(new Set(received().map((line) => line.split(' ')[0])).size, 2, 'a second sidecar process was started');
+    assert.equal(received().filter((line) => / loadModel /.test(line)).length, 2, 'the model was loaded again');
+  });
+
+  test('a sidecar that never answers initialize times out the start, twice, then fails', async () => {
+    const service = new LlmService({
+      sidecar: { command: process.execPath, args: ['-e', 'setInterval(() => {}, 1000)'] },
+      logger: () => {},
+      startTimeoutMs: 200,
+      restart: { initialDelayMs: 10 },
+    });
+    const started = Date.now();
+    await assert.rejects(service.prompt('hi'), /prompt timed out after 2 attempts/);
+    assert.ok(Date.now() - started < 5000);
+    await service.dispose();
+  });
+});
+
+describe('LlmService supervision limits and bad output', () => {
+  test('a sidecar that keeps crashing is restarted with backoff, then RESTART_LIMIT', async () => {
+    const service = new LlmService({
+      sidecar: { command: process.execPath, args: ['-e', 'process.exit(3)'] },
+      logger: () => {},
+      restart: { maxRestarts: 2, initialDelayMs: 10 },
+    });
+    const codes: unknown[] = [];
+    for (let i = 0; i < 4; i++) codes.push(await service.listModels().catch((error: LLMServiceError) => error.code));
+    assert.deepEqual(codes, ['SIDECAR_EXITED', 'SIDECAR_EXITED', 'SIDECAR_EXITED', 'RESTART_LIMIT']);
+    await service.dispose();
+  });
+
+  test('a non-JSON stdout line is logged as a protocol error; the host and the calls go on', async () => {
+    const { logger, entries } = recordingLogger();
+    const service = new LlmService({ sidecar: { command: process.execPath, args: [FAKE_SIDECAR, 'garbage'] }, logger });
+    try {
+      assert.deepEqual(await service.listModels(), []);
+      assert.ok(entries.some((e) => e.level === 'error' && /not JSON: "this is not json"/.test(e.message)));
+    } finally {
+      await service.dispose();
+    }
+  });
+
+  test('dispose shuts the sidecar down; later calls reject with CLOSED', async () => {
+    const service = new LlmService({ sidecar: devSidecarCommand(), logger: () => {} });
+    await service.listModels();
+    assert.ok(service.sidecarPid !== undefined);
+    await service.dispose();
+    assert.equal(service.sidecarPid, undefined);
+    await assert.rejects(service.listModels(), { code: 'CLOSED' });
+  });
+});

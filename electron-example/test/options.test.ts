@@ -1,0 +1,62 @@
+/** The old call shapes and node-llama-cpp names → protocol params (pure). */
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { generationParams, loadModelParams, type PromptOptions } from '../src/client/options.js';
+import { recordingLogger } from './helpers/sidecar.js';
+
+test('the text is the user turn, after the system prompt and earlier messages', () => {
+  const { logger } = recordingLogger();
+  const history = [
+    { role: 'user', content: 'hi' },
+    { role: 'assistant', content: 'hello' },
+  ];
+  assert.deepEqual(generationParams('and now?', { systemPrompt: 'be brief', messages: history }, logger), {
+    messages: [{ role: 'system', content: 'be brief' }, ...history, { role: 'user', content: 'and now?' }],
+  });
+  assert.deepEqual(generationParams('', { messages: history }, logger), { messages: history });
+  assert.deepEqual(generationParams('Once upon', { raw: true, maxTokens: 5 }, logger), {
+    prompt: 'Once upon',
+    maxTokens: 5,
+  });
+});
+
+test('sampling names pass through; node-llama-cpp names map onto the protocol', () => {
+  const { logger, entries } = recordingLogger();
+  const options: PromptOptions = {
+    temperature: 0,
+    topK: 5,
+    topP: 0.5,
+    minP: 0.1,
+    seed: 7,
+    modelId: 'm',
+    stop: ['END'],
+    customStopTriggers: ['\n\n', ['token', 'ids']],
+    repeatPenalty: { penalty: 1.1 },
+  };
+  assert.deepEqual(generationParams('x', options, logger), {
+    temperature: 0,
+    topK: 5,
+    topP: 0.5,
+    minP: 0.1,
+    seed: 7,
+    modelId: 'm',
+    repeatPenalty: 1.1,
+    stop: ['END', '\n\n'],
+    messages: [{ role: 'user', content: 'x' }],
+  });
+  assert.equal(generationParams('x', { repeatPenalty: false }, logger).repeatPenalty, 1);
+  assert.deepEqual(entries, []);
+});
+
+test('unknown option names are logged and left out', () => {
+  const { logger, entries } = recordingLogger();
+  const params = generationParams('x', { maxTokens: 3, onTextChunk: () => {} } as PromptOptions, logger);
+  assert.deepEqual(params, { maxTokens: 3, messages: [{ role: 'user', content: 'x' }] });
+  assert.match(entries[0]?.message ?? '', /prompt: ignored option\(s\) the sidecar does not support: onTextChunk/);
+  const load = loadModelParams({ modelPath: '/m.gguf', contextSize: 512, useMlock: true } as never, logger);
+  assert.deepEqual(load, { modelPath: '/m.gguf', contextSize: 512 });
+  assert.match(entries[1]?.message ?? '', /loadModel: .*useMlock/);
+  assert.deepEqual(loadModelParams('default', logger), { modelPath: 'default' });
+});

@@ -1,0 +1,133 @@
+/** SidecarClient against the real Python sidecar and a tiny random model. */
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { LLMServiceError, SidecarClient, type StreamChunkParams } from '../src/client/index.js';
+import { devSidecarCommand, GREEDY, recordingLogger, tempDir, TEST_LOAD, writeTinyModel } from './helpers/sidecar.js';
+
+describe('SidecarClient on the real sidecar', () => {
+  const models = tempDir();
+  const { logger } = recordingLogger();
+  let client: SidecarClient;
+
+  before(async () => {
+    const tiny = await writeTinyModel(models.dir, 'tiny');
+    client = await SidecarClient.spawn({ ...devSidecarCommand(), logger });
+    await client.loadModel({ modelPath: tiny, ...TEST_LOAD });
+  });
+  after(async () => {
+    await client.close();
+    models.remove();
+  });
+
+  test('spawn initializes the sidecar before it returns', () => {
+    assert.equal(client.info?.serverInfo.name, 'llama-sidecar');
+    assert.equal(client.info?.protocolVersion, '1.0');
+    assert.ok(client.info?.capabilities.methods.includes('promptStream'));
+  });
+
+  test('a stream arrives in order with exactly one final chunk, last, and its result joins the chunks', async () => {
+    const chunks: StreamChunkParams[] = [];
+    const result = await client.promptStream({ prompt: 'hello', maxTokens: 12, ...GREEDY }, (c) => chunks.push(c));
+    assert.deepEqual(
+      chunks.map((c) => c.index),
+      chunks.map((_c, i) => i),
+    );
+    assert.deepEqual(
+      chunks.map((c) => c.isFinal),
+      [...chunks.slice(1).map(() => false), true],
+    );
+    const final = chunks.at(-1);
+    assert.equal(final?.content, '');
+    assert.equal(final?.finishReason, 'length');
+    assert.deepEqual(final?.usage, result.usage);
+    assert.equal(result.usage.completionTokens, 12);
+    assert.equal(chunks.map((c) => c.content).join(''), result.text);
+  });
+
+  test('prompt returns the same text as the joined stream (greedy, fixed seed)', async () => {
+    const params = { messages: [{ role: 'user', content: 'hi there' }], maxTokens: 20, ...GREEDY };
+    const pieces: string[] = [];
+    await client.promptStream(params, (c) => pieces.push(c.content));
+    const whole = await client.prompt(params);
+    assert.equal(whole.text, pieces.join(''));
+    assert.ok(whole.text.length > 0);
+  });
+
+  test('an AbortSignal mid-stream cancels it: the result has finishReason "cancelled" and the text so far', async () => {
+    const controller = new AbortController();
+    const chunks: StreamChunkParams[] = [];
+    const result = await client.promptStream(
+      { prompt: 'hello', ...GREEDY },
+      (chunk) => {
+        chunks.push(chunk);
+        if (chunks.length === 1) controller.abort();
+      },
+      { signal: controller.signal },
+    );
+    assert.equal(result.finishReason, 'cancelled');
+    assert.equal(chunks.at(-1)?.finishReason, 'cancelled');
+    assert.ok(result.usage.completionTokens < 1500, `${result.usage.completionTokens} tokens: not cancelled early`);
+    assert.equal(chunks.map((c) => c.content).join(''), result.text);
+  });
+
+  test('concurrent streams each get only their own chunks', async () => {
+    const prompts = ['first prompt', 'a second, different prompt', 'third'];
+    const alone: string[] = [];
+    for (const prompt of prompts) alone.push((await client.prompt({ prompt, maxTokens: 15, ...GREEDY })).text);
+    const seen = prompts.map((): StreamChunkParams[] => []);
+    const results = await Promise.all(
+      prompts.map((prompt, i) => client.promptStream({ prompt, maxTokens: 15, ...GREEDY }, (c) => seen[i]?.push(c))),
+    );
+    const ids = seen.map((chunks) => new Set(chunks.map((c) => c.requestId)));
+    assert.deepEqual(
+      ids.map((set) => set.size),
+      [1, 1, 1],
+    );
+    assert.equal(new Set(ids.flatMap((set) => [...set])).size, 3);
+    for (const [i, chunks] of seen.entries()) {
+      assert.deepEqual(
+        chunks.map((c) => c.index),
+        chunks.map((_c, n) => n),
+      );
+      assert.equal(chunks.map((c) => c.content).join(''), results[i]?.text);
+      assert.equal(results[i]?.text, alone[i], `stream ${i} differs from the same prompt alone`);
+    }
+  });
+
+  test('an error response carries the numeric code and data', async () => {
+    const missing = path.join(models.dir, 'missing.gguf');
+    await assert.rejects(client.loadModel({ modelPath: missing }), (error: unknown) => {
+      assert.ok(error instanceof LLMServiceError);
+      assert.equal(error.code, -32001);
+      assert.deepEqual(error.data, { modelPath: missing });
+      return true;
+    });
+  });
+
+  test('ping, listModels, cancel of an unknown id', async () => {
+    assert.deepEqual(await client.ping(), {});
+    assert.deepEqual(
+      (await client.listModels()).models.map((m) => m.modelId),
+      ['tiny'],
+    );
+    assert.deepEqual(await client.cancel('never-sent'), { cancelled: false });
+  });
+});
+
+test('close shuts the sidecar down gracefully (exit 0) and later calls reject with CLOSED', async () => {
+  const client = await SidecarClient.spawn({ ...devSidecarCommand(), logger: () => {} });
+  await client.close();
+  const event = await client.closed;
+  assert.equal(event.expected, true);
+  assert.equal(event.exit.exitCode, 0);
+  await assert.rejects(client.ping(), { code: 'CLOSED' });
+});
+
+test('a command that does not exist fails with SPAWN_FAILED', async () => {
+  await assert.rejects(SidecarClient.spawn({ command: '/nonexistent/python', logger: () => {} }), {
+    code: 'SPAWN_FAILED',
+  });
+});
