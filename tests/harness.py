@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import queue
 import subprocess
@@ -76,7 +77,11 @@ class RawSidecar:
         if isinstance(message, dict) and "id" in message and isinstance(message.get("method"), str):
             # An id still in flight keeps its method: a duplicate is refused, not answered.
             self.method_of.setdefault(message["id"], message["method"])
-        self.send_bytes(orjson.dumps(message) + b"\n")
+        try:
+            line = orjson.dumps(message)
+        except TypeError:  # integers beyond 64 bits, which only the standard library writes
+            line = json.dumps(message).encode()
+        self.send_bytes(line + b"\n")
 
     def send_request(self, method: str, params: dict[str, Any] | None = None, request_id: Any = None) -> Any:
         request_id = next(self._ids) if request_id is None else request_id

@@ -1,0 +1,51 @@
+"""Memory stays flat over many loads, unloads and cancelled streams (slow: about half a minute).
+
+Deselect with ``-m "not slow"``; CI runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .harness import RawSidecar
+
+pytestmark = pytest.mark.slow
+CYCLES = 1000
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _grows_under_five_percent(sidecar: RawSidecar, cycle: Callable[[], None], warm_up: int) -> None:
+    for _ in range(warm_up):
+        cycle()
+    before = _rss_bytes(sidecar.process.pid)
+    for _ in range(CYCLES):
+        cycle()
+    after = _rss_bytes(sidecar.process.pid)
+    assert after < before * 1.05, f"RSS grew from {before} to {after} bytes over {CYCLES} cycles"
+
+
+def test_load_unload_cycles_keep_memory_flat(sidecar: RawSidecar, tiny_model: Path) -> None:
+    def cycle() -> None:
+        sidecar.request("loadModel", {"modelPath": str(tiny_model), "contextSize": 256})
+        assert sidecar.request("unloadModel") == {"unloaded": True}
+
+    _grows_under_five_percent(sidecar, cycle, warm_up=50)
+
+
+def test_cancelled_streams_keep_memory_flat(loaded: RawSidecar) -> None:
+    def cycle() -> None:
+        request_id = loaded.send_request("promptStream", {"prompt": "hello", "temperature": 0})
+        loaded.send({"jsonrpc": "2.0", "method": "cancel", "params": {"requestId": request_id}})
+        _chunks, response = loaded.collect_stream(request_id)
+        assert response["result"]["finishReason"] in ("cancelled", "length")
+
+    _grows_under_five_percent(loaded, cycle, warm_up=50)
