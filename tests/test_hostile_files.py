@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from sidecar.engine.api import LoadOptions
-from sidecar.engine.llamacpp import LlamaCppEngine
+from sidecar.engine.llamacpp import LlamaCppEngine, _token_bytes
 from sidecar.errors import ModelLoadFailed
 
 from .harness import RawSidecar
+from .tiny_model import write_tiny_model
 
 
 def _empty(path: Path, _model: bytes) -> None:
@@ -120,3 +121,14 @@ def test_unreadable_file_is_refused_before_llama_cpp_opens_it(
     with pytest.raises(ModelLoadFailed) as raised:
         LlamaCppEngine().load(str(tiny_model), LoadOptions())
     assert raised.value.data == {"reason": "permission denied"}
+
+
+def test_an_extremely_long_token_is_decoded_whole(tmp_path: Path) -> None:
+    long_token = "x" * 300  # llama-cpp-python's own detokenizer stops at 32 bytes
+    path = write_tiny_model(tmp_path / "long-token.gguf", extra_tokens=(long_token,))
+    model = LlamaCppEngine().load(str(path), LoadOptions(context_size=256))
+    try:
+        vocab_size = model.facts.vocab_size
+        assert _token_bytes(model._vocab, vocab_size - 1) == long_token.encode()
+    finally:
+        model.close()

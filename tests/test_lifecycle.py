@@ -53,10 +53,14 @@ def test_signal_mid_stream_exits_cleanly(sidecar: RawSidecar, tiny_model: Path, 
     assert response["result"]["finishReason"] == "cancelled"
 
 
-def test_sigterm_during_a_load_exits_cleanly(sidecar: RawSidecar, slow_model: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "stdin EOF"])
+def test_stop_during_a_load_exits_cleanly(sidecar: RawSidecar, slow_model: Path, stop: str) -> None:
     sidecar.send_request("loadModel", {"modelPath": str(slow_model)})
     time.sleep(0.05)
-    sidecar.process.send_signal(signal.SIGTERM)
+    if stop == "stdin EOF":
+        sidecar.close_stdin()
+    else:
+        sidecar.process.send_signal(getattr(signal, stop))
     assert sidecar.wait_exit(2) == 0
 
 

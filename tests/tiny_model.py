@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 _UNK, _BOS, _EOS = 0, 1, 2
 
 
-def _vocabulary() -> tuple[list[str], list[float], list[int]]:
+def _vocabulary(extra: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [
         gguf.TokenType.UNKNOWN,
@@ -40,7 +40,7 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     types += [gguf.TokenType.BYTE] * 256
     pieces = ["▁"] + list(string.ascii_letters + string.digits + string.punctuation)
     pieces += ["▁" + letter for letter in string.ascii_lowercase]
-    pieces += ["▁the", "▁and", "▁hello", "▁world", "é", "ü", "€", "日本", "😀"]
+    pieces += ["▁the", "▁and", "▁hello", "▁world", "é", "ü", "€", "日本", "😀", *extra]
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
     scores = [0.0] * (len(tokens) - len(pieces)) + [-float(i) for i in range(len(pieces))]
@@ -55,6 +55,7 @@ def write_tiny_model(
     layers: int = 2,
     context_length: int = 2048,
     seed: int = 0,
+    extra_tokens: tuple[str, ...] = (),
 ) -> Path:
     """Write the model to ``path`` and return it.
 
@@ -63,9 +64,10 @@ def write_tiny_model(
             decoding runs until ``maxTokens``; "always" makes it win every step.
         hidden: embedding width; 512 with 8 layers makes prompt processing slow
             enough to cancel mid-prompt.
+        extra_tokens: more vocabulary entries, appended last (e.g. an extremely long token).
     """
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocabulary()
+    tokens, scores, types = _vocabulary(extra_tokens)
     vocab, heads, ffn = len(tokens), 4, hidden * 2
 
     def weights(*shape: int) -> np.ndarray:
