@@ -9,6 +9,7 @@ decode speed and time to first token.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     with SidecarClient(stderr=None if args.verbose else subprocess.DEVNULL) as client:
         client.initialize("sidecar.demo")
         ready_ms = (time.perf_counter() - spawned) * 1000
-        model = client.load_model("default")
+        # The demo runs alone, so every core can go to llama.cpp (the default leaves room for an app).
+        model = client.load_model("default", threads=os.cpu_count() or 1)
         name = model.get("name", model["modelId"])
         print(f"[{name}: spawn->ready {ready_ms:.0f} ms, load {model['loadMs']:.0f} ms]")
         print(f"> {args.prompt}\n")

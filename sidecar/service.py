@@ -9,6 +9,7 @@ JSON-RPC, request ids or the wire; the engine behind it is injected.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -304,3 +305,8 @@ async def _close(model: LoadedModel) -> None:
     # Runs after the jobs already queued, which see ``closing`` and end at once.
     await loop.run_in_executor(model.worker, model.engine_model.close)
     model.worker.shutdown(wait=False)
+    # llama-cpp-python's objects hold reference cycles (callbacks that point back at
+    # their owner); collecting now frees a model's Python-side memory at unload
+    # instead of at some later collection (measured: 16-30 KB kept per load/unload
+    # cycle of the tiny model without this, under 3 KB with it).
+    gc.collect()
