@@ -529,7 +529,7 @@ export interface LoadModelParams {
    */
   contextSize?: number;
   /**
-   * CPU threads for generation and prompt processing; all cores when absent.
+   * CPU threads for generation and prompt processing; half the logical CPUs when absent.
    */
   threads?: number;
   /**
