@@ -1,7 +1,9 @@
 /** LlmService, the drop-in API: streaming, cancel, crash supervision, worker timeouts and retries. */
 
 import assert from 'node:assert/strict';
-import path from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path, { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -16,8 +18,10 @@ import {
   GREEDY,
   PACKAGE_DIR,
   recordingLogger,
+  running,
   tempDir,
   TEST_LOAD,
+  until,
   writeTinyModel,
 } from './helpers/sidecar.js';
 
@@ -199,6 +203,22 @@ describe('LlmService worker timeouts', () => {
     assert.equal((outcome as LLMServiceError).code, 'TIMEOUT');
     assert.equal(new Set(received().map((line) => line.split(' ')[0])).size, 2, 'a second sidecar process was started');
     assert.equal(received().filter((line) => / loadModel /.test(line)).length, 2, 'the model was loaded again');
+  });
+
+  test('a restarted sidecar whose reload times out is stopped, not left running', async () => {
+    const marker = join(mkdtempSync(join(tmpdir(), 'load-once-')), 'loaded');
+    const { service, received } = fakeService('load-once', {
+      sidecar: { command: process.execPath, args: [FAKE_SIDECAR, 'load-once', marker] },
+      loadTimeoutMs: 300,
+    });
+    await service.loadModel('/fake.gguf');
+    process.kill(service.sidecarPid ?? 0, 'SIGKILL');
+    await until(() => service.sidecarPid === undefined, 5000, 'the kill being noticed');
+    await assert.rejects(service.listModels(), (error: LLMServiceError) => error.code === 'TIMEOUT');
+    await service.dispose();
+    const pids = new Set(received().map((line) => Number(line.split(' ')[0])));
+    assert.ok(pids.size >= 2, 'a restart happened');
+    await until(() => [...pids].every((pid) => !running(pid)), 5000, 'every fake sidecar exiting');
   });
 
   test('a sidecar that never answers initialize times out the start, twice, then fails', async () => {

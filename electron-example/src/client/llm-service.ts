@@ -167,7 +167,11 @@ export class LlmService {
         await client.loadModel(params);
         this.logger('info', `reloaded model ${modelId} after a restart`);
       } catch (error) {
-        if (!(error instanceof LLMServiceError && error.fromSidecar)) throw error;
+        if (!(error instanceof LLMServiceError && error.fromSidecar)) {
+          // The supervisor never gets this client, so nothing else would ever stop its process.
+          await client.close({ force: true });
+          throw error;
+        }
         // The file may be gone: forget it rather than fail every restart on it.
         this.loaded.delete(modelId);
         this.logger('error', `could not reload model ${modelId} after a restart: ${error.message}`);

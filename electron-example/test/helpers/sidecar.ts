@@ -4,6 +4,7 @@
  * and a logger that keeps what it is told. Every helper is bounded in time.
  */
 
+import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -53,4 +54,24 @@ export function recordingLogger(): { logger: Logger; entries: Recorded[] } {
     if (process.env['DEBUG_SIDECAR']) console.error(`[${level}] ${message}`);
   };
   return { logger, entries };
+}
+
+/** Wait until `condition` holds, polling every 5 ms; fail the test after `ms`. */
+export async function until(condition: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.fail(`${what} did not happen within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Whether a process with this id exists (kill 0 fails with ESRCH once it is gone and reaped). */
+export function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    assert.equal((error as NodeJS.ErrnoException).code, 'ESRCH');
+    return false;
+  }
 }
