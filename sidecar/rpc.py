@@ -4,8 +4,9 @@ This layer turns frames into method calls and results into response lines.
 It owns the in-flight table (request id -> cancel token), the lifecycle gate
 (nothing but ``initialize`` before ``initialize``), batches, and the single
 place where an exception becomes a wire error. Method lookup and the response
-envelope are jsonrpcserver's. It knows method names and a validator per
-method, not what any method means, and nothing of models or llama.cpp.
+envelope are jsonrpcserver's (its per-request dispatch; batches are handled
+here). It knows method names and a validator per method, not what any method
+means, and nothing of models or llama.cpp.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any, TypeAlias
 
 import orjson
 from jsonrpcserver import Error, Result, Success
-from jsonrpcserver.async_main import dispatch_to_serializable
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
+from jsonrpcserver.response import to_serializable
 
 from .errors import (
     DuplicateRequestId,
@@ -255,17 +258,16 @@ class Dispatcher:
                         f"The sidecar is not initialized; send {self._initialize_method!r} first."
                     )
                     return None if context.is_notification else _error_response(refused, context.request_id)
-            response = await dispatch_to_serializable(
-                "",
-                methods=self._jsonrpc_methods,
-                context=context,
-                deserializer=lambda _: call.request,
-                validator=lambda checked: checked,
-            )
+            # jsonrpcserver's per-request step: the envelope is already checked, and its
+            # batch machinery (a task per request) would only add a loop iteration.
+            request = create_request(call.request)
+            _request, result = await dispatch_request(self._jsonrpc_methods, context, request)
         finally:
             if not context.is_notification:
                 self._in_flight.pop(context.request_id, None)
-        return None if response is None else orjson.dumps(response)
+        return (
+            None if context.is_notification else orjson.dumps(to_serializable(to_response(request, result)))
+        )
 
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""
