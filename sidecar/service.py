@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .engine.api import (
     ChatMessage,
@@ -30,6 +31,8 @@ from .engine.api import (
     StopCheck,
 )
 from .errors import NoModelLoaded, UnknownModelId
+
+_T = TypeVar("_T")
 
 __all__ = [
     "GenerationRequest",
@@ -98,6 +101,9 @@ class LoadedModel:
     engine_model: EngineModel = field(repr=False)
     worker: ThreadPoolExecutor = field(repr=False)
     closing: bool = False
+    # Held by token work running beside the worker (tokenize, countTokens) and by
+    # close, so a model is never freed while another thread reads its vocabulary.
+    use_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class ModelService:
@@ -230,6 +236,49 @@ class ModelService:
         if self._loads:
             await asyncio.wait(set(self._loads))
 
+    # -- tokens ----------------------------------------------------------
+
+    async def tokenize(
+        self, model_id: str | None, text: str, *, add_bos: bool, special: bool
+    ) -> Sequence[int]:
+        return await self._beside_worker(
+            model_id, lambda model: model.tokenize(text, add_bos=add_bos, special=special)
+        )
+
+    async def detokenize(self, model_id: str | None, tokens: Sequence[int], *, special: bool) -> str:
+        data = await self._beside_worker(model_id, lambda model: model.detokenize(tokens, special=special))
+        return data.decode("utf-8", errors="replace")
+
+    async def count_tokens(
+        self, model_id: str | None, prompt: str | None, messages: tuple[ChatMessage, ...] | None
+    ) -> tuple[int, int]:
+        """Prompt tokens exactly as a prompt would see them, and the context size."""
+
+        def count(model: EngineModel) -> tuple[int, int]:
+            tokens = model.chat_prompt(messages)[0] if messages is not None else model.tokenize(prompt or "")
+            return len(tokens), model.facts.context_size
+
+        return await self._beside_worker(model_id, count)
+
+    async def _beside_worker(self, model_id: str | None, work: Callable[[EngineModel], _T]) -> _T:
+        """Run read-only token work on its own thread: it need not queue behind generation.
+
+        llama.cpp's vocabulary is read-only once loaded, so this is safe next to the
+        worker; the model's lock keeps it from being freed meanwhile.
+        """
+        await self._loads_settled()
+        model = self._resolve(model_id)
+
+        def guarded() -> _T:
+            with model.use_lock:
+                if model.closing:
+                    raise UnknownModelId(
+                        f"The model {model.model_id!r} was unloaded.", {"modelId": model.model_id}
+                    )
+                return work(model.engine_model)
+
+        return await asyncio.to_thread(guarded)
+
     def _resolve(self, model_id: str | None) -> LoadedModel:
         if model_id is None:
             if not self._models:
@@ -299,11 +348,16 @@ def _timings(outcome: GenerationOutcome, queued_ms: float) -> Timings:
     )
 
 
+def _close_when_unused(model: LoadedModel) -> None:
+    with model.use_lock:
+        model.engine_model.close()
+
+
 async def _close(model: LoadedModel) -> None:
     model.closing = True
     loop = asyncio.get_running_loop()
     # Runs after the jobs already queued, which see ``closing`` and end at once.
-    await loop.run_in_executor(model.worker, model.engine_model.close)
+    await loop.run_in_executor(model.worker, _close_when_unused, model)
     model.worker.shutdown(wait=False)
     # llama-cpp-python's objects hold reference cycles (callbacks that point back at
     # their owner); collecting now frees a model's Python-side memory at unload

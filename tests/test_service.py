@@ -40,8 +40,11 @@ class FakeModel:
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
         return [1] * len(messages), ()
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         return [1] * len(text)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+        return b"x" * len(tokens)
 
     def generate(
         self,

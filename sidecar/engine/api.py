@@ -92,8 +92,16 @@ class EngineModel(Protocol):
         """Tokens of ``messages`` rendered with the model's own chat template, and its stop strings."""
         ...
 
-    def tokenize(self, text: str) -> list[int]:
-        """Tokens of a raw completion prompt, with the model's BOS rule applied."""
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Tokens of ``text``.
+
+        ``add_bos`` applies the model's beginning-of-sequence rule; ``special``
+        reads control-token text (``<|im_start|>``) as the control token.
+        """
+        ...
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+        """The bytes of ``tokens``; ``special`` renders control tokens as their text."""
         ...
 
     def generate(

@@ -162,9 +162,17 @@ class LlamaCppModel:
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str) -> list[int]:
-        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
         return tokens
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+        vocab_size = self._facts.vocab_size
+        for position, token in enumerate(tokens):
+            if not 0 <= token < vocab_size:
+                problem = f"'tokens/{position}' is {token}, not a token id (0 to {vocab_size - 1})"
+                raise InvalidParams(f"Invalid params: {problem}.", {"field": f"tokens/{position}"})
+        return b"".join(_token_bytes(self._vocab, token, special) for token in tokens)
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
         if self._chat is None:
@@ -269,12 +277,12 @@ class LlamaCppModel:
         return piece
 
 
-def _token_bytes(vocab: Any, token: int) -> bytes:
+def _token_bytes(vocab: Any, token: int, special: bool = False) -> bytes:
     """The bytes of one token, however long (llama-cpp-python's helper caps at 32)."""
     size = 64
     while True:
         buffer = ctypes.create_string_buffer(size)
-        written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, special)
         if written >= 0:
             return buffer.raw[:written]
         size = -written
