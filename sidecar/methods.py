@@ -47,6 +47,10 @@ def build_method_table(
         "listModels": handlers.list_models,
         "prompt": handlers.prompt,
         "promptStream": handlers.prompt_stream,
+        "tokenize": handlers.tokenize,
+        "detokenize": handlers.detokenize,
+        "countTokens": handlers.count_tokens,
+        "inspectModel": handlers.inspect_model,
         "cancel": handlers.cancel,
         "shutdown": handlers.shutdown,
         "ping": handlers.ping,
@@ -138,6 +142,48 @@ class _Handlers:
             text_in = request.prompt if request.prompt is not None else request.messages
             log.info("request %r text: %r -> %r", context.request_id, text_in, result.text)
         return _result(result)
+
+    async def tokenize(self, _context: RequestContext, params: Params) -> object:
+        tokens = await self._service.tokenize(
+            params.get("modelId"),
+            params["text"],
+            add_bos=params.get("addBos", True),
+            special=params.get("special", True),
+        )
+        return {"tokens": list(tokens)}
+
+    async def detokenize(self, _context: RequestContext, params: Params) -> object:
+        text = await self._service.detokenize(
+            params.get("modelId"), params["tokens"], special=params.get("special", False)
+        )
+        return {"text": text}
+
+    async def count_tokens(self, _context: RequestContext, params: Params) -> object:
+        request = _generation_request(params)
+        count, context_size = await self._service.count_tokens(
+            request.model_id, request.prompt, request.messages
+        )
+        return {"promptTokens": count, "contextSize": context_size}
+
+    async def inspect_model(self, _context: RequestContext, params: Params) -> object:
+        path = self._model_paths.resolve(params["modelPath"])
+        summary = await self._service.inspect(path)
+        info: dict[str, object] = {
+            "modelPath": path,
+            "sizeBytes": summary.size_bytes,
+            "architecture": summary.architecture,
+            "parameterCount": summary.parameter_count,
+            "chatTemplate": summary.has_chat_template,
+            "metadata": summary.metadata,
+        }
+        optional = {
+            "name": summary.name,
+            "quantization": summary.quantization,
+            "trainContextSize": summary.train_context_size,
+            "vocabSize": summary.vocab_size,
+        }
+        info.update({key: value for key, value in optional.items() if value is not None})
+        return info
 
     async def cancel(self, _context: RequestContext, params: Params) -> object:
         return {"cancelled": self._cancel_request(params["requestId"])}

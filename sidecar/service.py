@@ -27,6 +27,7 @@ from .engine.api import (
     GenerationOutcome,
     LoadOptions,
     ModelFacts,
+    ModelSummary,
     SamplingOptions,
     StopCheck,
 )
@@ -235,6 +236,10 @@ class ModelService:
         """Wait for the loads that started before now; their failures are their own requests'."""
         if self._loads:
             await asyncio.wait(set(self._loads))
+
+    async def inspect(self, path: str) -> ModelSummary:
+        """Describe a model file without loading it (on a thread: it reads the file's header)."""
+        return await asyncio.to_thread(self._engine_or_create().inspect, path)
 
     # -- tokens ----------------------------------------------------------
 

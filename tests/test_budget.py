@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.engine.budget import available_memory, check_memory, context_size_for, kv_cache_bytes
-from sidecar.engine.gguf_header import GgufHeaderError, read_metadata
+from sidecar.engine.gguf_header import GgufHeaderError, read_header, read_metadata
 from sidecar.errors import InvalidParams
 
 from .harness import RawSidecar
@@ -56,7 +56,14 @@ def test_available_memory_is_read_on_linux() -> None:
 def test_header_reader_reads_metadata_and_rejects_non_gguf(tiny_model: Path, tmp_path: Path) -> None:
     metadata = read_metadata(str(tiny_model))
     assert metadata["general.architecture"] == "llama" and metadata["llama.context_length"] == 2048
-    assert metadata["tokenizer.ggml.tokens"] == 391  # arrays are reported by length
+    assert "tokenizer.ggml.tokens" not in metadata  # arrays are left out unless asked for
+    header = read_header(
+        str(tiny_model), read_arrays=frozenset({"tokenizer.ggml.tokens"}), count_parameters=True
+    )
+    assert (
+        header.array_lengths["tokenizer.ggml.tokens"] == 391 == len(header.metadata["tokenizer.ggml.tokens"])
+    )  # type: ignore[arg-type]
+    assert header.parameter_count == 132_288  # 391x64 x2 + 64 + 2 layers x (4x64x64 + 3x128x64 + 2x64)
     for content in (b"", b"GGUF", b"GGML" + bytes(20), tiny_model.read_bytes()[:300]):
         (tmp_path / "bad.gguf").write_bytes(content)
         with pytest.raises(GgufHeaderError):

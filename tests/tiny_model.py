@@ -75,6 +75,7 @@ def write_tiny_model(
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-random-llama")
+    writer.add_file_type(0)  # all tensors F32
     writer.add_context_length(context_length)
     writer.add_embedding_length(hidden)
     writer.add_block_count(layers)

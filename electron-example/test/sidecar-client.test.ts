@@ -115,6 +115,18 @@ describe('SidecarClient on the real sidecar', () => {
     );
     assert.deepEqual(await client.cancel('never-sent'), { cancelled: false });
   });
+
+  test('token methods: countTokens matches a prompt, tokenize and detokenize round-trip, inspectModel', async () => {
+    const { promptTokens } = await client.countTokens({ prompt: 'hello world' });
+    const result = await client.prompt({ prompt: 'hello world', maxTokens: 1 });
+    assert.equal(promptTokens, result.usage.promptTokens);
+    const { tokens } = await client.tokenize({ text: 'hello world', addBos: false });
+    assert.equal((await client.detokenize({ tokens })).text.trim(), 'hello world');
+    const [model] = (await client.listModels()).models;
+    const inspected = await client.inspectModel({ modelPath: model?.modelPath ?? '' });
+    assert.equal(inspected.architecture, 'llama');
+    assert.equal(inspected.parameterCount, 132_288);
+  });
 });
 
 test('close shuts the sidecar down gracefully (exit 0) and later calls reject with CLOSED', async () => {

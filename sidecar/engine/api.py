@@ -19,6 +19,7 @@ __all__ = [
     "GenerationOutcome",
     "LoadOptions",
     "ModelFacts",
+    "ModelSummary",
     "SamplingOptions",
     "StopCheck",
 ]
@@ -121,9 +122,28 @@ class EngineModel(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(slots=True, frozen=True)
+class ModelSummary:
+    """What a model file is, read from its header without loading it."""
+
+    size_bytes: int
+    architecture: str
+    name: str | None
+    parameter_count: int
+    quantization: str | None
+    train_context_size: int | None
+    vocab_size: int | None
+    has_chat_template: bool
+    metadata: dict[str, str | int | float | bool]  # scalar header values; arrays and long strings left out
+
+
 class Engine(Protocol):
-    """Loads models."""
+    """Loads and inspects models."""
 
     def load(self, path: str, options: LoadOptions) -> EngineModel:
         """Load the file at ``path``; raise ``ModelLoadFailed`` with llama.cpp's reason."""
+        ...
+
+    def inspect(self, path: str) -> ModelSummary:
+        """Describe the file at ``path`` from its header; fast on multi-GB files."""
         ...

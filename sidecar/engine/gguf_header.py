@@ -44,7 +44,8 @@ class GgufHeaderError(ValueError):
 
 @dataclass(slots=True, frozen=True)
 class GgufHeader:
-    metadata: dict[str, MetadataValue]
+    metadata: dict[str, MetadataValue]  # arrays only where asked for
+    array_lengths: dict[str, int]  # every array, read or not
     parameter_count: int | None  # None unless asked for
 
 
@@ -54,7 +55,8 @@ def read_header(
     """Read the key-value header, and with ``count_parameters`` the tensor table too.
 
     Array values, such as the vocabulary, are skipped and reported as their
-    length (that keeps the read fast), except those named in ``read_arrays``.
+    length in ``array_lengths`` (that keeps the read fast), except those named
+    in ``read_arrays``, which are in ``metadata`` too.
     """
     with open(path, "rb") as file:
         try:
@@ -87,30 +89,39 @@ class _Cursor:
         if key_count > _MAX_KEYS or tensor_count > _MAX_KEYS:
             raise GgufHeaderError(f"implausible key or tensor count ({key_count}, {tensor_count})")
         metadata: dict[str, MetadataValue] = {}
+        array_lengths: dict[str, int] = {}
         for _ in range(key_count):
             key = self._string()
-            metadata[key] = self._value(self._scalar(_U32), key in read_arrays)
+            value_type = self._scalar(_U32)
+            if value_type == _ARRAY:
+                array_lengths[key], items = self._array(key in read_arrays)
+                if items is not None:
+                    metadata[key] = items
+            else:
+                metadata[key] = self._value(value_type)
         parameters = sum(self._tensor_elements() for _ in range(tensor_count)) if count_parameters else None
-        return GgufHeader(metadata, parameters)
+        return GgufHeader(metadata, array_lengths, parameters)
 
-    def _value(self, value_type: int, read_array: bool) -> MetadataValue:
+    def _value(self, value_type: int) -> MetadataValue:
         if value_type in _SCALARS:
             value: MetadataValue = self._scalar(_SCALARS[value_type])
             return value
         if value_type == _STRING:
             return self._string()
-        if value_type != _ARRAY:
-            raise GgufHeaderError(f"unknown metadata value type {value_type}")
+        raise GgufHeaderError(f"unknown metadata value type {value_type}")
+
+    def _array(self, read: bool) -> tuple[int, list[MetadataValue] | None]:
+        """An array's length, and with ``read`` its items (otherwise it is stepped over)."""
         item_type, count = self._scalar(_U32), self._scalar(_U64)
         if item_type == _STRING:
-            strings = self._strings(self._bounded(count, 8), keep=read_array)
-            return [item.decode("utf-8", errors="replace") for item in strings] if read_array else count
+            strings = self._strings(self._bounded(count, 8), keep=read)
+            return count, [item.decode("utf-8", errors="replace") for item in strings] if read else None
         if item_type not in _SCALARS:
             raise GgufHeaderError(f"unsupported array item type {item_type}")
-        if read_array:
-            return [self._value(item_type, False) for _ in range(self._bounded(count, 1))]
+        if read:
+            return count, [self._value(item_type) for _ in range(self._bounded(count, 1))]
         self._take(_SCALARS[item_type].size * self._bounded(count, 1))
-        return count
+        return count, None
 
     def _strings(self, count: int, *, keep: bool) -> list[bytes]:
         """Read (or, without ``keep``, step over) ``count`` strings.

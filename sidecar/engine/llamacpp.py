@@ -31,11 +31,12 @@ from .api import (
     GenerationOutcome,
     LoadOptions,
     ModelFacts,
+    ModelSummary,
     SamplingOptions,
     StopCheck,
 )
 from .budget import available_memory, check_memory, context_size_for
-from .gguf_header import GgufHeaderError, read_metadata
+from .gguf_header import GgufHeaderError, read_header, read_metadata
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "default_threads"]
@@ -46,6 +47,13 @@ log = logging.getLogger("sidecar.llama")
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
 
 _TOKENS_KEY = "tokenizer.ggml.tokens"
+_SHORT_TEXT = 256  # longer metadata strings (chat templates, licences) are left out of inspectModel
+# general.file_type values, named as llama.cpp names them (LLAMA_FTYPE_MOSTLY_Q4_1 -> "Q4_1").
+_FILE_TYPES = {
+    value: name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_")
+    for name, value in vars(llama_cpp).items()
+    if name.startswith("LLAMA_FTYPE_") and isinstance(value, int)
+}
 
 _recent = threading.local()  # per thread: the llama.cpp error lines of the current load
 
@@ -74,6 +82,32 @@ llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
 
 class LlamaCppEngine:
     """Loads GGUF files with llama-cpp-python."""
+
+    def inspect(self, path: str) -> ModelSummary:
+        _check_readable(path)
+        try:
+            header = read_header(path, count_parameters=True)
+        except (GgufHeaderError, OSError) as exc:
+            raise ModelLoadFailed(f"Could not read {path}: {exc}.", {"reason": str(exc)}) from exc
+        metadata = header.metadata
+        architecture = str(metadata.get("general.architecture", "unknown"))
+        file_type = metadata.get("general.file_type")
+        return ModelSummary(
+            size_bytes=os.path.getsize(path),
+            architecture=architecture,
+            name=_text_field(metadata, "general.name"),
+            parameter_count=header.parameter_count or 0,
+            quantization=_FILE_TYPES.get(file_type) if isinstance(file_type, int) else None,
+            train_context_size=_positive(metadata.get(f"{architecture}.context_length")),
+            vocab_size=header.array_lengths.get(_TOKENS_KEY),
+            has_chat_template="tokenizer.chat_template" in metadata,
+            metadata={
+                key: value
+                for key, value in metadata.items()
+                if isinstance(value, int | float | bool)
+                or (isinstance(value, str) and len(value) <= _SHORT_TEXT)
+            },
+        )
 
     def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
         _check_readable(path)
@@ -327,6 +361,15 @@ def _check_readable(path: str) -> None:
         raise ModelLoadFailed(f"Could not load {path}: not a regular file.", {"reason": "not a regular file"})
     if not os.access(path, os.R_OK):
         raise ModelLoadFailed(f"Could not load {path}: permission denied.", {"reason": "permission denied"})
+
+
+def _text_field(metadata: dict[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _never() -> bool:

@@ -166,9 +166,21 @@ export interface ProtocolMethods {
     params: CancelParams;
     result: CancelResult;
   };
+  countTokens: {
+    params: CountTokensParams;
+    result: CountTokensResult;
+  };
+  detokenize: {
+    params: DetokenizeParams;
+    result: DetokenizeResult;
+  };
   initialize: {
     params: InitializeParams;
     result: InitializeResult;
+  };
+  inspectModel: {
+    params: InspectModelParams;
+    result: InspectModelResult;
   };
   listModels: {
     params: ListModelsParams;
@@ -193,6 +205,10 @@ export interface ProtocolMethods {
   shutdown: {
     params: ShutdownParams;
     result: ShutdownResult;
+  };
+  tokenize: {
+    params: TokenizeParams;
+    result: TokenizeResult;
   };
   unloadModel: {
     params: UnloadModelParams;
@@ -457,6 +473,58 @@ export interface CancelResult {
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/countTokens.json#params".
+ */
+export interface CountTokensParams {
+  /**
+   * Which loaded model; the most recently loaded one when absent.
+   */
+  modelId?: string;
+  prompt?: string;
+  /**
+   * @minItems 1
+   * @maxItems 10000
+   */
+  messages?: ChatMessage[];
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/countTokens.json#result".
+ */
+export interface CountTokensResult {
+  promptTokens: number;
+  /**
+   * The model's context; a prompt fits if promptTokens < contextSize.
+   */
+  contextSize: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/detokenize.json#params".
+ */
+export interface DetokenizeParams {
+  /**
+   * Which loaded model; the most recently loaded one when absent.
+   */
+  modelId?: string;
+  /**
+   * @maxItems 1048576
+   */
+  tokens: number[];
+  /**
+   * Render control tokens as their text. Default false.
+   */
+  special?: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/detokenize.json#result".
+ */
+export interface DetokenizeResult {
+  text: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "methods/initialize.json#params".
  */
 export interface InitializeParams {
@@ -503,6 +571,46 @@ export interface Capabilities {
    * Longest line the server reads; longer lines get MessageTooLarge (-32010).
    */
   maxLineBytes: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/inspectModel.json#params".
+ */
+export interface InspectModelParams {
+  /**
+   * A .gguf file, or "default".
+   */
+  modelPath: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/inspectModel.json#result".
+ */
+export interface InspectModelResult {
+  /**
+   * The resolved path.
+   */
+  modelPath: string;
+  sizeBytes: number;
+  architecture: string;
+  name?: string;
+  /**
+   * Sum of the tensors' element counts.
+   */
+  parameterCount: number;
+  /**
+   * general.file_type as llama.cpp names it, e.g. "Q4_1", "Q4_K_M", "F16".
+   */
+  quantization?: string;
+  trainContextSize?: number;
+  vocabSize?: number;
+  chatTemplate: boolean;
+  /**
+   * The header's scalar values; arrays and strings over 256 characters are left out.
+   */
+  metadata: {
+    [k: string]: string | number | boolean | undefined;
+  };
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -554,6 +662,32 @@ export interface LoadModelParams {
  * via the `definition` "methods/ping.json#result".
  */
 export interface PingResult {}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/tokenize.json#params".
+ */
+export interface TokenizeParams {
+  /**
+   * Which loaded model; the most recently loaded one when absent.
+   */
+  modelId?: string;
+  text: string;
+  /**
+   * Apply the model's beginning-of-sequence rule, as a raw prompt does. Default true.
+   */
+  addBos?: boolean;
+  /**
+   * Read control-token text such as <|im_start|> as the control token, as a raw prompt does. Default true.
+   */
+  special?: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/tokenize.json#result".
+ */
+export interface TokenizeResult {
+  tokens: number[];
+}
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "methods/unloadModel.json#params".

@@ -13,10 +13,16 @@ import { ProcessTransport, type ProcessTransportOptions } from './process-transp
 import type {
   CancelResult,
   ClientInfo,
+  CountTokensParams,
+  CountTokensResult,
+  DetokenizeParams,
+  DetokenizeResult,
   GenerationParams,
   GenerationResult,
   InitializeParams,
   InitializeResult,
+  InspectModelParams,
+  InspectModelResult,
   ListModelsResult,
   LoadModelParams,
   ModelInfo,
@@ -24,6 +30,8 @@ import type {
   ProtocolMethods,
   RequestId,
   StreamChunkParams,
+  TokenizeParams,
+  TokenizeResult,
   UnloadModelParams,
   UnloadModelResult,
 } from './protocol-types.js';
@@ -132,6 +140,24 @@ export class SidecarClient {
     options: StreamOptions = {},
   ): Promise<GenerationResult> {
     return this.call('promptStream', params, { ...options, onChunk });
+  }
+
+  tokenize(params: TokenizeParams, options?: RequestOptions): Promise<TokenizeResult> {
+    return this.call('tokenize', params, options);
+  }
+
+  detokenize(params: DetokenizeParams, options?: RequestOptions): Promise<DetokenizeResult> {
+    return this.call('detokenize', params, options);
+  }
+
+  /** Prompt tokens exactly as prompt/promptStream would count them, to budget the context. */
+  countTokens(params: CountTokensParams, options?: RequestOptions): Promise<CountTokensResult> {
+    return this.call('countTokens', params, options);
+  }
+
+  /** A GGUF file's facts from its header, without loading it. */
+  inspectModel(params: InspectModelParams, options?: RequestOptions): Promise<InspectModelResult> {
+    return this.call('inspectModel', params, options);
   }
 
   cancel(requestId: RequestId, options?: RequestOptions): Promise<CancelResult> {

@@ -1,0 +1,53 @@
+"""tokenize, detokenize, countTokens and inspectModel against real llama.cpp."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .harness import RawSidecar
+
+
+def test_count_tokens_equals_what_a_prompt_evaluates(loaded: RawSidecar) -> None:
+    for params in ({"prompt": "hello world, again"}, {"messages": [{"role": "user", "content": "hello"}]}):
+        counted = loaded.request("countTokens", params)["promptTokens"]
+        used = loaded.request("prompt", {**params, "maxTokens": 1})["usage"]["promptTokens"]
+        assert counted == used, params
+
+
+def test_tokenize_then_detokenize_gives_the_text_back(loaded: RawSidecar) -> None:
+    text = "hello world é€ 日本"
+    tokens = loaded.request("tokenize", {"text": text, "addBos": False})["tokens"]
+    assert loaded.request("detokenize", {"tokens": tokens})["text"].strip() == text
+
+
+def test_token_methods_answer_while_the_model_generates(loaded: RawSidecar) -> None:
+    stream = loaded.send_request("promptStream", {"prompt": "hello", "temperature": 0})
+    assert loaded.next_message()["method"] == "streamChunk"
+    started = time.monotonic()
+    assert loaded.request("countTokens", {"prompt": "hello"})["promptTokens"] > 1
+    assert time.monotonic() - started < 1.0
+    assert loaded.request("cancel", {"requestId": stream}) == {"cancelled": True}
+
+
+def test_unloading_while_tokenizing_is_safe(loaded: RawSidecar) -> None:
+    text = "hello world " * 20_000
+    requests = [loaded.send_request("tokenize", {"text": text}) for _ in range(5)]
+    unload = loaded.send_request("unloadModel", {"modelId": "tiny"})
+    for request_id in requests:
+        response = loaded.response(request_id)
+        assert "result" in response or response["error"]["code"] in (-32004, -32005), response
+    assert loaded.response(unload)["result"] == {"unloaded": True}
+    assert loaded.request("ping") == {}
+
+
+def test_inspect_reads_the_header_without_loading(
+    sidecar: RawSidecar, tiny_model: Path, default_model: str
+) -> None:
+    tiny = sidecar.request("inspectModel", {"modelPath": str(tiny_model)})
+    assert tiny["parameterCount"] == 132_288 and tiny["quantization"] == "ALL_F32"
+    smol = sidecar.request("inspectModel", {"modelPath": "default"})
+    assert smol["quantization"] == "Q4_1" and smol["trainContextSize"] == 8192
+    assert smol["metadata"]["general.architecture"] == "llama"
+    assert 130_000_000 < smol["parameterCount"] < 140_000_000  # "135M"
+    assert sidecar.request("listModels") == {"models": []}
