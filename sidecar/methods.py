@@ -8,11 +8,14 @@ belong to the rpc layer, models and threads to the service.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from .engine.api import ChatMessage, LoadOptions
 from .errors import InvalidParams
@@ -141,7 +144,12 @@ class _Handlers:
         if self._settings.log_text:
             text_in = request.prompt if request.prompt is not None else request.messages
             log.info("request %r text: %r -> %r", context.request_id, text_in, result.text)
-        return _result(result)
+        reply = _result(result)
+        if request.json_schema is not None and result.finish_reason == "stop":
+            # The grammar only lets generation end on complete JSON; a stop string may still cut it.
+            with contextlib.suppress(orjson.JSONDecodeError):
+                reply["json"] = orjson.loads(result.text)
+        return reply
 
     async def tokenize(self, _context: RequestContext, params: Params) -> object:
         tokens = await self._service.tokenize(
@@ -254,6 +262,8 @@ def _generation_request(params: Params) -> GenerationRequest:
         repeat_penalty=params.get("repeatPenalty", 1.0),
         seed=params.get("seed"),
         stop=tuple(params.get("stop", ())),
+        grammar=params.get("grammar"),
+        json_schema=params.get("jsonSchema"),
     )
 
 

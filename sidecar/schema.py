@@ -135,6 +135,8 @@ def _describe(error: ValidationError) -> tuple[str, str]:
             return path, f"must have {bound} {expected} {unit}"
         case "oneOf" if "x-oneOfMessage" in schema:
             return path, str(schema["x-oneOfMessage"])
+        case "not" if "x-notMessage" in schema:
+            return path, str(schema["x-notMessage"])
         case "enum" | "const":
             return (
                 path,

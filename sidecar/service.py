@@ -68,6 +68,8 @@ class GenerationRequest:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    json_schema: dict[str, object] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -322,6 +324,8 @@ def _run_generation(
         pieces.append(text)
         on_text(text)
 
+    if request.grammar is not None or request.json_schema is not None:
+        sampling = replace(sampling, grammar=model.grammar_for(request.grammar, request.json_schema))
     if request.messages is not None:
         tokens, template_stops = model.chat_prompt(request.messages)
         sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))

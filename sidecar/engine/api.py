@@ -70,6 +70,7 @@ class SamplingOptions:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF the reply must follow
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,6 +104,10 @@ class EngineModel(Protocol):
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
         """The bytes of ``tokens``; ``special`` renders control tokens as their text."""
+        ...
+
+    def grammar_for(self, gbnf: str | None, json_schema: dict[str, object] | None) -> str | None:
+        """The checked GBNF for a request, or ``InvalidParams`` saying why it cannot be used."""
         ...
 
     def generate(

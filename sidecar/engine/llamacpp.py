@@ -11,6 +11,7 @@ sure one model is used by one thread at a time).
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import stat
@@ -23,6 +24,7 @@ from typing import Any
 import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
 from ..errors import ContextOverflow, GenerationFailed, InvalidParams, ModelFileNotFound, ModelLoadFailed
 from .api import (
@@ -227,6 +229,39 @@ class LlamaCppModel:
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, tuple(stops)
 
+    def grammar_for(self, gbnf: str | None, json_schema: dict[str, object] | None) -> str | None:
+        if json_schema is not None:
+            try:
+                # allow_fetch is off in this converter: a remote $ref is never fetched.
+                gbnf = json_schema_to_gbnf(json.dumps(json_schema))
+            # The converter reports what it cannot handle with assertions and attribute
+            # errors as much as with ValueError; any failure here means "unsupported".
+            except Exception as exc:
+                raise InvalidParams(
+                    f"Invalid params: 'jsonSchema' cannot be turned into a grammar: {exc}.",
+                    {"field": "jsonSchema"},
+                ) from exc
+            field = "jsonSchema"
+        else:
+            field = "grammar"
+        if gbnf is not None:
+            self._check_grammar(gbnf, field)
+        return gbnf
+
+    def _check_grammar(self, gbnf: str, field: str) -> None:
+        """Compile ``gbnf`` once here: llama-cpp-python would pass a failed (null) grammar on and crash."""
+        _recent.lines = deque(maxlen=8)
+        try:
+            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+            reason = "; ".join(_recent.lines) or "llama.cpp could not parse it"
+        finally:
+            _recent.lines = None
+        if not sampler:
+            raise InvalidParams(
+                f"Invalid params: '{field}' is not a usable grammar: {reason}.", {"field": field}
+            )
+        llama_cpp.llama_sampler_free(sampler)
+
     def generate(
         self,
         prompt_tokens: Sequence[int],
@@ -259,6 +294,7 @@ class LlamaCppModel:
             min_p=sampling.min_p,
             temp=sampling.temperature,
             repeat_penalty=sampling.repeat_penalty,
+            grammar=LlamaGrammar.from_string(sampling.grammar) if sampling.grammar else None,
         )
         try:
             for token in tokens:

@@ -332,6 +332,14 @@ export interface GenerationParams {
    * @maxItems 64
    */
   stop?: string[];
+  /**
+   * A GBNF grammar (llama.cpp's format, rule `root` first) the reply must follow. Not with jsonSchema.
+   */
+  grammar?: string;
+  /**
+   * A JSON Schema the reply must satisfy; turned into a grammar. The result then has `json`, the parsed reply, when finishReason is "stop". Not with grammar.
+   */
+  jsonSchema?: {};
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -383,6 +391,12 @@ export interface GenerationResult {
   finishReason: FinishReason;
   usage: Usage;
   timings: Timings;
+  /**
+   * The reply parsed as JSON: present when the request had jsonSchema and finishReason is "stop".
+   */
+  json?: {
+    [k: string]: unknown | undefined;
+  };
 }
 /**
  * The method takes no params: omit them or send {}.
