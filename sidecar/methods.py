@@ -54,6 +54,7 @@ def build_method_table(
         "detokenize": handlers.detokenize,
         "countTokens": handlers.count_tokens,
         "inspectModel": handlers.inspect_model,
+        "embed": handlers.embed,
         "cancel": handlers.cancel,
         "shutdown": handlers.shutdown,
         "ping": handlers.ping,
@@ -172,6 +173,13 @@ class _Handlers:
             request.model_id, request.prompt, request.messages
         )
         return {"promptTokens": count, "contextSize": context_size}
+
+    async def embed(self, _context: RequestContext, params: Params) -> object:
+        texts = params["input"] if isinstance(params["input"], list) else [params["input"]]
+        vectors, tokens = await self._service.embed(
+            params.get("modelId"), texts, normalize=params.get("normalize", True)
+        )
+        return {"embeddings": vectors, "promptTokens": tokens}
 
     async def inspect_model(self, _context: RequestContext, params: Params) -> object:
         path = self._model_paths.resolve(params["modelPath"])

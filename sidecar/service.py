@@ -9,6 +9,7 @@ JSON-RPC, request ids or the wire; the engine behind it is injected.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import random
 import threading
@@ -34,6 +35,7 @@ from .engine.api import (
 from .errors import NoModelLoaded, UnknownModelId
 
 _T = TypeVar("_T")
+Vectors = list[list[float]]  # named here: inside ModelService, "list" is a method
 
 __all__ = [
     "GenerationRequest",
@@ -242,6 +244,16 @@ class ModelService:
     async def inspect(self, path: str) -> ModelSummary:
         """Describe a model file without loading it (on a thread: it reads the file's header)."""
         return await asyncio.to_thread(self._engine_or_create().inspect, path)
+
+    async def embed(
+        self, model_id: str | None, texts: Sequence[str], *, normalize: bool
+    ) -> tuple[Vectors, int]:
+        """Embed on the model's worker, in turn with its prompts (it shares their thread and CPU)."""
+        await self._loads_settled()
+        model = self._resolve(model_id)
+        return await asyncio.get_running_loop().run_in_executor(
+            model.worker, functools.partial(model.engine_model.embed, texts, normalize=normalize)
+        )
 
     # -- tokens ----------------------------------------------------------
 

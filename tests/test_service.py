@@ -64,6 +64,9 @@ class FakeModel:
             produced += 1
         return GenerationOutcome("length", len(prompt_tokens), produced, 1_000_000, 2_000_000)
 
+    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
+        return [[1.0]] * len(texts), len(texts)
+
     def close(self) -> None:
         self.closed = True
 

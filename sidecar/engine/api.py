@@ -124,6 +124,10 @@ class EngineModel(Protocol):
         """
         ...
 
+    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
+        """One vector per text (pooled as the model says, else the mean of its tokens); tokens read."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -120,31 +120,47 @@ class LlamaCppEngine:
             raise ModelLoadFailed(f"Could not load {path}: {exc}.", {"reason": str(exc)}) from exc
         context_size = context_size_for(header, options.context_size)
         check_memory(header, context_size, available_memory())
-        threads = options.threads or default_threads()
-        _recent.lines = deque(maxlen=8)
-        try:
-            llm = llama_cpp.Llama(
-                model_path=path,
-                n_ctx=context_size,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=options.gpu_layers or 0,
-                n_batch=options.batch_size or 512,
-                use_mmap=True if options.use_mmap is None else options.use_mmap,
-                # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at
-                # /dev/null during loads; our log callback decides what is shown.
-                verbose=True,
-            )
-        except jinja2.TemplateError as exc:
-            reason = f"its chat template does not compile: {exc}"
-            raise ModelLoadFailed(f"Could not load {path}: {reason}.", {"reason": reason}) from exc
-        except (ValueError, RuntimeError, OSError) as exc:
-            reason = "; ".join(_recent.lines) or str(exc)
-            raise ModelLoadFailed(f"llama.cpp could not load {path}: {reason}", {"reason": reason}) from exc
-        finally:
-            _recent.lines = None
+        common: dict[str, Any] = {
+            "model_path": path,
+            "n_ctx": context_size,
+            "n_threads": options.threads or default_threads(),
+            "n_threads_batch": options.threads or default_threads(),
+            "n_gpu_layers": options.gpu_layers or 0,
+            "use_mmap": True if options.use_mmap is None else options.use_mmap,
+        }
+        llm = _open_llama(common, n_batch=options.batch_size or 512)
         _warm_up(llm)
-        return LlamaCppModel(llm, path)
+        # Embeddings need a context made for them: opened on the first embed request.
+        pooling = (
+            llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model says how it pools
+            if f"{header.get('general.architecture')}.pooling_type" in header
+            else llama_cpp.LLAMA_POOLING_TYPE_MEAN  # else one vector per input: the mean of its tokens
+        )
+
+        def open_embedder() -> llama_cpp.Llama:
+            return _open_llama(
+                common, embedding=True, pooling_type=pooling, n_batch=context_size, n_ubatch=context_size
+            )
+
+        return LlamaCppModel(llm, path, open_embedder)
+
+
+def _open_llama(common: dict[str, Any], **specific: Any) -> llama_cpp.Llama:
+    """A ``Llama``, or ``ModelLoadFailed`` with llama.cpp's own reason."""
+    path = common["model_path"]
+    _recent.lines = deque(maxlen=8)
+    try:
+        # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at
+        # /dev/null during loads; our log callback decides what is shown.
+        return llama_cpp.Llama(**common, **specific, verbose=True)
+    except jinja2.TemplateError as exc:
+        reason = f"its chat template does not compile: {exc}"
+        raise ModelLoadFailed(f"Could not load {path}: {reason}.", {"reason": reason}) from exc
+    except (ValueError, RuntimeError, OSError) as exc:
+        reason = "; ".join(_recent.lines) or str(exc)
+        raise ModelLoadFailed(f"llama.cpp could not load {path}: {reason}", {"reason": reason}) from exc
+    finally:
+        _recent.lines = None
 
 
 def default_threads() -> int:
@@ -172,8 +188,10 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
 class LlamaCppModel:
     """One ``llama_cpp.Llama`` and what the service needs of it."""
 
-    def __init__(self, llm: llama_cpp.Llama, path: str) -> None:
+    def __init__(self, llm: llama_cpp.Llama, path: str, open_embedder: Callable[[], llama_cpp.Llama]) -> None:
         self._llm = llm
+        self._open_embedder = open_embedder
+        self._embedder: llama_cpp.Llama | None = None
         self._vocab = llm._model.vocab
         self._pieces: dict[int, bytes] = {}
         self._stop_requested: StopCheck = _never
@@ -337,7 +355,24 @@ class LlamaCppModel:
             decode_ns=end - (first_token_at or end),
         )
 
+    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
+        if self._embedder is None:
+            self._embedder = self._open_embedder()
+        embedder = self._embedder
+        context = self._facts.context_size
+        for text in texts:
+            count = len(embedder.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+            if count > context:
+                raise ContextOverflow(
+                    f"An input has {count} tokens; the context holds {context}.",
+                    {"promptTokens": count, "contextSize": context},
+                )
+        vectors, tokens = embedder.embed(list(texts), normalize=normalize, truncate=False, return_count=True)
+        return vectors, tokens
+
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
         self._llm.close()
 
     def _piece(self, token: int) -> bytes:

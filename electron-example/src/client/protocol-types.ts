@@ -174,6 +174,10 @@ export interface ProtocolMethods {
     params: DetokenizeParams;
     result: DetokenizeResult;
   };
+  embed: {
+    params: EmbedParams;
+    result: EmbedResult;
+  };
   initialize: {
     params: InitializeParams;
     result: InitializeResult;
@@ -536,6 +540,38 @@ export interface DetokenizeParams {
  */
 export interface DetokenizeResult {
   text: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/embed.json#params".
+ */
+export interface EmbedParams {
+  /**
+   * Which loaded model; the most recently loaded one when absent.
+   */
+  modelId?: string;
+  /**
+   * A text, or texts: one vector each, in order.
+   */
+  input: string | string[];
+  /**
+   * Scale each vector to length 1 (for cosine similarity as a dot product). Default true.
+   */
+  normalize?: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/embed.json#result".
+ */
+export interface EmbedResult {
+  /**
+   * One vector per input, in order; pooled as the model says, or the mean of its tokens when it does not say.
+   */
+  embeddings: number[][];
+  /**
+   * Tokens read across all inputs.
+   */
+  promptTokens: number;
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema

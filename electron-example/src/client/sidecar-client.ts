@@ -17,6 +17,8 @@ import type {
   CountTokensResult,
   DetokenizeParams,
   DetokenizeResult,
+  EmbedParams,
+  EmbedResult,
   GenerationParams,
   GenerationResult,
   InitializeParams,
@@ -153,6 +155,11 @@ export class SidecarClient {
   /** Prompt tokens exactly as prompt/promptStream would count them, to budget the context. */
   countTokens(params: CountTokensParams, options?: RequestOptions): Promise<CountTokensResult> {
     return this.call('countTokens', params, options);
+  }
+
+  /** One vector per input text (mean-pooled unless the model says otherwise; normalized by default). */
+  embed(params: EmbedParams, options?: RequestOptions): Promise<EmbedResult> {
+    return this.call('embed', params, options);
   }
 
   /** A GGUF file's facts from its header, without loading it. */
