@@ -12,6 +12,7 @@ from typing import ClassVar
 __all__ = [
     "ERROR_CLASSES",
     "ContextOverflow",
+    "DownloadFailed",
     "DuplicateRequestId",
     "GenerationFailed",
     "InternalError",
@@ -162,6 +163,13 @@ class ModelPathNotAllowed(SidecarError):
     name = "ModelPathNotAllowed"
 
 
+class DownloadFailed(SidecarError):
+    """A download did not complete or did not verify; ``data`` says why and how far it got."""
+
+    code = -32012
+    name = "DownloadFailed"
+
+
 ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     ParseError,
     InvalidRequest,
@@ -179,4 +187,5 @@ ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     DuplicateRequestId,
     MessageTooLarge,
     ModelPathNotAllowed,
+    DownloadFailed,
 )

@@ -8,6 +8,7 @@ belong to the rpc layer, models and threads to the service.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .downloads import Progress, download
 from .engine.api import ChatMessage, LoadOptions
 from .errors import InvalidParams
 from .model_paths import ModelPaths
@@ -55,12 +57,13 @@ def build_method_table(
         "countTokens": handlers.count_tokens,
         "inspectModel": handlers.inspect_model,
         "embed": handlers.embed,
+        "downloadModel": handlers.download_model,
         "cancel": handlers.cancel,
         "shutdown": handlers.shutdown,
         "ping": handlers.ping,
     }
     accepts_notification = {"cancel"}
-    cancellable = {"prompt", "promptStream"}
+    cancellable = {"prompt", "promptStream", "downloadModel"}
     return {
         name: MethodEntry(params_validator(name), handler, name in accepts_notification, name in cancellable)
         for name, handler in table.items()
@@ -180,6 +183,32 @@ class _Handlers:
             params.get("modelId"), texts, normalize=params.get("normalize", True)
         )
         return {"embeddings": vectors, "promptTokens": tokens}
+
+    async def download_model(self, context: RequestContext, params: Params) -> object:
+        url = params["url"]
+        destination = self._model_paths.download_destination(params.get("destination"), url)
+
+        def report(progress: Progress) -> None:
+            update: dict[str, object] = {
+                "requestId": context.request_id,
+                "bytes": progress.received,
+                "bytesPerSecond": round(progress.bytes_per_second, 1),
+            }
+            if progress.total is not None:
+                update["total"] = progress.total
+            context.notify("downloadProgress", update)
+
+        def cancelled() -> bool:
+            return context.cancel_token.cancelled
+
+        outcome = await asyncio.to_thread(download, url, destination, params.get("sha256"), report, cancelled)
+        return {
+            "modelPath": outcome.path,
+            "sizeBytes": outcome.size_bytes,
+            "sha256": outcome.sha256,
+            "resumedFrom": outcome.resumed_from,
+            "complete": outcome.complete,
+        }
 
     async def inspect_model(self, _context: RequestContext, params: Params) -> object:
         path = self._model_paths.resolve(params["modelPath"])

@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit
 
-from .errors import ModelFileNotFound, ModelPathNotAllowed
+from .errors import InvalidParams, ModelFileNotFound, ModelPathNotAllowed
 
 __all__ = ["DEFAULT_MODEL_DISTRIBUTION", "INSTALL_HINT", "ModelPaths", "default_model_path"]
 
@@ -39,6 +40,29 @@ class ModelPaths:
         if self._allowed and not any(_inside(real, directory) for directory in self._allowed):
             raise ModelPathNotAllowed(
                 f"Model path {requested} is outside the allowed model directories.", {"modelPath": requested}
+            )
+        return real
+
+    def download_destination(self, destination: str | None, url: str) -> str:
+        """Where a download may be written: inside the first allowed directory unless told otherwise.
+
+        Downloads need ``--models-dir``: they are the only writes the sidecar makes,
+        and only into directories the host named.
+        """
+        if not self._allowed:
+            raise ModelPathNotAllowed(
+                "Downloads need an allowed models directory; start the sidecar with --models-dir.",
+                {"modelPath": destination or url},
+            )
+        name = destination or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        if not name:
+            raise InvalidParams(
+                "Invalid params: 'destination' is needed: the URL names no file.", {"field": "destination"}
+            )
+        real = os.path.realpath(os.path.join(self._allowed[0], name))  # an absolute name stands alone
+        if not any(_inside(real, directory) and real != directory for directory in self._allowed):
+            raise ModelPathNotAllowed(
+                f"Destination {name} is outside the allowed model directories.", {"modelPath": name}
             )
         return real
 

@@ -145,6 +145,14 @@ class RawSidecar:
                 return chunks, message
             chunks.append(message["params"])
 
+    def notifications(self, method: str) -> list[dict[str, Any]]:
+        """Every ``method`` notification received and not yet taken, in order (removed)."""
+        while not self.messages.empty():
+            self._backlog.append(self.messages.get_nowait())
+        found = [m for m in self._backlog if isinstance(m, dict) and m.get("method") == method]
+        self._backlog = [m for m in self._backlog if not (isinstance(m, dict) and m.get("method") == method)]
+        return found
+
     def _take(self, wanted: Callable[[Any], bool], timeout: float) -> Any:
         """Remove and return the oldest message ``wanted`` accepts; keep the others in order."""
         for position, message in enumerate(self._backlog):

@@ -40,7 +40,8 @@ export type ErrorCode =
   | GenerationFailed
   | DuplicateRequestId
   | MessageTooLarge
-  | ModelPathNotAllowed;
+  | ModelPathNotAllowed
+  | DownloadFailed;
 /**
  * The line is not valid UTF-8 JSON. The response id is null.
  */
@@ -105,6 +106,10 @@ export type MessageTooLarge = -32010;
  * The model path resolves (symlinks included) outside the directories given with --models-dir.
  */
 export type ModelPathNotAllowed = -32011;
+/**
+ * A download failed (network, HTTP error, connection closed early) or did not match its sha256.
+ */
+export type DownloadFailed = -32012;
 /**
  * Anything the sidecar writes: a response, a notification, or a batch of responses.
  *
@@ -173,6 +178,10 @@ export interface ProtocolMethods {
   detokenize: {
     params: DetokenizeParams;
     result: DetokenizeResult;
+  };
+  downloadModel: {
+    params: DownloadModelParams;
+    result: DownloadModelResult;
   };
   embed: {
     params: EmbedParams;
@@ -466,7 +475,7 @@ export interface ErrorResponse {
  */
 export interface ServerNotification {
   jsonrpc: "2.0";
-  method: "streamChunk";
+  method: "streamChunk" | "downloadProgress";
   params: {};
 }
 /**
@@ -540,6 +549,50 @@ export interface DetokenizeParams {
  */
 export interface DetokenizeResult {
   text: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/downloadModel.json#params".
+ */
+export interface DownloadModelParams {
+  /**
+   * An http:// or https:// URL.
+   */
+  url: string;
+  /**
+   * A file name (in the first --models-dir directory) or a path inside an allowed directory; the URL's last path segment when absent.
+   */
+  destination?: string;
+  /**
+   * The expected sha256 (hex); a mismatch fails the download and deletes the partial file.
+   */
+  sha256?: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/downloadModel.json#result".
+ */
+export interface DownloadModelResult {
+  /**
+   * The final path (when complete is false, where a retry will put the file).
+   */
+  modelPath: string;
+  /**
+   * Bytes on disk: the whole file, or the partial one when cancelled.
+   */
+  sizeBytes: number;
+  /**
+   * The file's sha256 (hex) when complete; null when cancelled.
+   */
+  sha256: string | null;
+  /**
+   * Bytes already on disk that the server let this request skip (HTTP Range); 0 for a fresh start.
+   */
+  resumedFrom: number;
+  /**
+   * False when cancelled: the partial file stays as <modelPath>.part and the same request resumes it.
+   */
+  complete: boolean;
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -760,6 +813,28 @@ export interface UnloadModelResult {
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "notifications/downloadProgress.json#params".
+ */
+export interface DownloadProgressParams {
+  /**
+   * The id of the downloadModel request.
+   */
+  requestId: RequestId;
+  /**
+   * Bytes on disk so far (a resumed start included); never decreases within a request.
+   */
+  bytes: number;
+  /**
+   * The file's size, when the server says it.
+   */
+  total?: number;
+  /**
+   * Average speed of this request's transfer.
+   */
+  bytesPerSecond: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "notifications/streamChunk.json#params".
  */
 export interface StreamChunkParams {
@@ -801,5 +876,6 @@ export interface StreamChunkParams {
  * Every notification the sidecar sends: its params type.
  */
 export interface ProtocolNotifications {
+  downloadProgress: DownloadProgressParams;
   streamChunk: StreamChunkParams;
 }

@@ -17,6 +17,8 @@ import type {
   CountTokensResult,
   DetokenizeParams,
   DetokenizeResult,
+  DownloadModelParams,
+  DownloadModelResult,
   EmbedParams,
   EmbedResult,
   GenerationParams,
@@ -160,6 +162,11 @@ export class SidecarClient {
   /** One vector per input text (mean-pooled unless the model says otherwise; normalized by default). */
   embed(params: EmbedParams, options?: RequestOptions): Promise<EmbedResult> {
     return this.call('embed', params, options);
+  }
+
+  /** Download a model into the sidecar's --models-dir (progress notifications are not routed yet). */
+  downloadModel(params: DownloadModelParams, options?: RequestOptions): Promise<DownloadModelResult> {
+    return this.call('downloadModel', params, options);
   }
 
   /** A GGUF file's facts from its header, without loading it. */
