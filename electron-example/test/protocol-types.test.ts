@@ -19,5 +19,8 @@ test('every method schema has a typed entry, with the titled params and result t
   ] as const) {
     assert.match(generated, new RegExp(`  ${method}: \\{\\n    params: ${params};\\n    result: ${result};`));
   }
-  assert.match(generated, /export interface ProtocolNotifications \{\n  downloadProgress: DownloadProgressParams;\n  streamChunk: StreamChunkParams;/);
+  assert.match(
+    generated,
+    /export interface ProtocolNotifications \{\n  downloadProgress: DownloadProgressParams;\n  streamChunk: StreamChunkParams;/,
+  );
 });
