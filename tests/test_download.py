@@ -58,35 +58,21 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-@pytest.fixture
-def models(tmp_path: Path) -> Path:
-    directory = tmp_path / "models"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
-def downloader(models: Path) -> Iterator[RawSidecar]:
-    sidecar = RawSidecar("--models-dir", str(models))
-    sidecar.initialize()
-    yield sidecar
-    sidecar.stop()
-    assert not sidecar.bad_lines
-
-
-def test_download_verifies_and_renames_into_place(downloader: RawSidecar, server: str, models: Path) -> None:
-    request_id = downloader.send_request("downloadModel", {"url": f"{server}/model.gguf", "sha256": SHA256})
-    response = downloader.response(request_id)
+def test_download_verifies_and_renames_into_place(
+    confined: RawSidecar, server: str, models_dir: Path
+) -> None:
+    request_id = confined.send_request("downloadModel", {"url": f"{server}/model.gguf", "sha256": SHA256})
+    response = confined.response(request_id)
     assert response["result"] == {
-        "modelPath": str(models / "model.gguf"),
+        "modelPath": str(models_dir / "model.gguf"),
         "sizeBytes": len(PAYLOAD),
         "sha256": SHA256,
         "resumedFrom": 0,
         "complete": True,
     }
-    assert (models / "model.gguf").read_bytes() == PAYLOAD
-    assert not (models / "model.gguf.part").exists()
-    progress = [m["params"] for m in downloader.notifications("downloadProgress")]
+    assert (models_dir / "model.gguf").read_bytes() == PAYLOAD
+    assert not (models_dir / "model.gguf.part").exists()
+    progress = [m["params"] for m in confined.notifications("downloadProgress")]
     assert progress and progress[-1] == {
         "requestId": request_id,
         "bytes": len(PAYLOAD),
@@ -96,36 +82,36 @@ def test_download_verifies_and_renames_into_place(downloader: RawSidecar, server
 
 
 def test_a_dropped_connection_leaves_a_partial_file_that_the_next_try_resumes(
-    downloader: RawSidecar, server: str, models: Path
+    confined: RawSidecar, server: str, models_dir: Path
 ) -> None:
     params = {"url": f"{server}/drop.gguf", "sha256": SHA256}
-    failed = downloader.error("downloadModel", params)
+    failed = confined.error("downloadModel", params)
     assert failed["code"] == -32012 and failed["data"]["bytes"] == len(PAYLOAD) // 2
-    assert not (models / "drop.gguf").exists()  # never half a file under the final name
-    assert (models / "drop.gguf.part").stat().st_size == len(PAYLOAD) // 2
-    resumed = downloader.request("downloadModel", params)
+    assert not (models_dir / "drop.gguf").exists()  # never half a file under the final name
+    assert (models_dir / "drop.gguf.part").stat().st_size == len(PAYLOAD) // 2
+    resumed = confined.request("downloadModel", params)
     assert resumed["resumedFrom"] == len(PAYLOAD) // 2 and resumed["sha256"] == SHA256
-    assert (models / "drop.gguf").read_bytes() == PAYLOAD
+    assert (models_dir / "drop.gguf").read_bytes() == PAYLOAD
 
 
 def test_a_checksum_mismatch_fails_and_removes_the_partial_file(
-    downloader: RawSidecar, server: str, models: Path
+    confined: RawSidecar, server: str, models_dir: Path
 ) -> None:
-    error = downloader.error("downloadModel", {"url": f"{server}/model.gguf", "sha256": "0" * 64})
+    error = confined.error("downloadModel", {"url": f"{server}/model.gguf", "sha256": "0" * 64})
     assert error["code"] == -32012 and error["data"]["reason"] == "sha256 mismatch"
     assert error["data"]["actual"] == SHA256
-    assert list(models.iterdir()) == []
+    assert list(models_dir.iterdir()) == []
 
 
-def test_cancel_keeps_the_partial_file_for_later(downloader: RawSidecar, server: str, models: Path) -> None:
-    request_id = downloader.send_request("downloadModel", {"url": f"{server}/slow.gguf"})
-    first = downloader.next_message()
+def test_cancel_keeps_the_partial_file_for_later(confined: RawSidecar, server: str, models_dir: Path) -> None:
+    request_id = confined.send_request("downloadModel", {"url": f"{server}/slow.gguf"})
+    first = confined.next_message()
     assert first["method"] == "downloadProgress" or "result" in first
-    downloader.request("cancel", {"requestId": request_id})
-    result = downloader.response(request_id)["result"]
+    confined.request("cancel", {"requestId": request_id})
+    result = confined.response(request_id)["result"]
     assert result["complete"] is False and result["sha256"] is None
-    assert not (models / "slow.gguf").exists()
-    assert (models / "slow.gguf.part").stat().st_size == result["sizeBytes"] < len(PAYLOAD)
+    assert not (models_dir / "slow.gguf").exists()
+    assert (models_dir / "slow.gguf.part").stat().st_size == result["sizeBytes"] < len(PAYLOAD)
 
 
 @pytest.mark.parametrize(
@@ -139,11 +125,11 @@ def test_cancel_keeps_the_partial_file_for_later(downloader: RawSidecar, server:
     ],
 )
 def test_refused_and_failed_downloads(
-    downloader: RawSidecar, server: str, models: Path, params: dict[str, str], code: int
+    confined: RawSidecar, server: str, models_dir: Path, params: dict[str, str], code: int
 ) -> None:
     filled = {key: value.replace("{server}", server) for key, value in params.items()}
-    assert downloader.error("downloadModel", filled)["code"] == code
-    assert not any(path.suffix == ".gguf" for path in models.iterdir())
+    assert confined.error("downloadModel", filled)["code"] == code
+    assert not any(path.suffix == ".gguf" for path in models_dir.iterdir())
 
 
 def test_downloads_need_a_models_directory(sidecar: RawSidecar, server: str) -> None:

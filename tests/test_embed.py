@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +13,6 @@ from .harness import RawSidecar
 
 def _dot(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
-
-
-@pytest.fixture(scope="module")
-def smol(default_model: str) -> Iterator[SidecarClient]:
-    with SidecarClient(stderr=subprocess.DEVNULL) as client:
-        client.initialize()
-        client.load_model("default", threads=1)
-        yield client
 
 
 def test_similar_texts_have_closer_vectors(smol: SidecarClient) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,10 @@ from sidecar.model_paths import ModelPaths
 from .harness import RawSidecar
 
 
-@pytest.fixture
-def models_dir(tmp_path: Path, tiny_model: Path) -> Path:
-    directory = tmp_path / "models"
-    directory.mkdir()
-    (directory / "tiny.gguf").write_bytes(tiny_model.read_bytes())
-    return directory
-
-
-@pytest.fixture
-def confined(models_dir: Path) -> Iterator[RawSidecar]:
-    sidecar = RawSidecar("--models-dir", str(models_dir))
-    sidecar.initialize()
-    yield sidecar
-    sidecar.stop()
-    assert not sidecar.bad_lines
-
-
-def test_models_inside_the_allowed_directory_load(confined: RawSidecar, models_dir: Path) -> None:
+def test_models_inside_the_allowed_directory_load(
+    confined: RawSidecar, models_dir: Path, tiny_model: Path
+) -> None:
+    (models_dir / "tiny.gguf").write_bytes(tiny_model.read_bytes())
     info = confined.request("loadModel", {"modelPath": str(models_dir / "tiny.gguf")})
     assert info["modelPath"] == str(models_dir / "tiny.gguf")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -53,14 +51,6 @@ def test_unusable_grammars_and_schemas_are_invalid_params(
     error = loaded.error("prompt", {"prompt": "hi", "maxTokens": 4, **params})
     assert error["code"] == -32602 and error["data"] == {"field": field}, error
     assert loaded.request("ping") == {}
-
-
-@pytest.fixture(scope="module")
-def smol(default_model: str) -> Iterator[SidecarClient]:
-    with SidecarClient(stderr=subprocess.DEVNULL) as client:
-        client.initialize()
-        client.load_model("default", threads=1)
-        yield client
 
 
 def test_json_schema_reply_parses_and_validates_on_a_real_model(smol: SidecarClient) -> None:
