@@ -9,13 +9,15 @@ models. This is the one part of the sidecar that writes files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -26,7 +28,9 @@ __all__ = ["DownloadOutcome", "Progress", "download"]
 
 _CHUNK = 1024 * 1024
 _PROGRESS_EVERY_S = 0.25
-_TIMEOUT_S = 30
+_TIMEOUT_S = 30  # a stalled server: also the longest a cancel can wait
+_active: set[str] = set()
+_active_lock = threading.Lock()
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +64,18 @@ def download(
     if urlsplit(url).scheme not in ("http", "https"):
         raise InvalidParams("Invalid params: 'url' must be an http or https URL.", {"field": "url"})
     partial = destination + ".part"
+    with _claim(partial):
+        return _download_to(url, partial, destination, expected_sha256, on_progress, cancelled)
+
+
+def _download_to(
+    url: str,
+    partial: str,
+    destination: str,
+    expected_sha256: str | None,
+    on_progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+) -> DownloadOutcome:
     start = os.path.getsize(partial) if os.path.exists(partial) else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
@@ -73,12 +89,20 @@ def download(
                 received = _copy(response, file, digest, resumed, total, on_progress, cancelled)
                 file.flush()
                 os.fsync(file.fileno())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # nothing after our partial file: it already holds everything
+            return _finish(
+                partial, destination, _digest_of(partial, start).hexdigest(), expected_sha256, start, start
+            )
+        raise DownloadFailed(
+            f"Download of {url} failed: {_reason(exc)}.", {"reason": _reason(exc), "bytes": start}
+        ) from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         got = os.path.getsize(partial) if os.path.exists(partial) else 0
         raise DownloadFailed(
             f"Download of {url} failed: {_reason(exc)}.", {"reason": _reason(exc), "bytes": got}
         ) from exc
-    if cancelled():
+    if cancelled() and (total is None or received < total):  # a cancel after the last byte changes nothing
         return DownloadOutcome(destination, received, None, resumed, complete=False)
     if total is not None and received != total:
         raise DownloadFailed(
@@ -122,6 +146,22 @@ def _finish(
         )
     os.replace(partial, destination)  # atomic: the final name only ever names a whole file
     return DownloadOutcome(destination, size, actual, resumed, complete=True)
+
+
+@contextlib.contextmanager
+def _claim(partial: str) -> Iterator[None]:
+    """One download per destination at a time: two would write the same ``.part`` file."""
+    with _active_lock:
+        if partial in _active:
+            raise DownloadFailed(
+                "That destination is already being downloaded.", {"reason": "busy", "bytes": 0}
+            )
+        _active.add(partial)
+    try:
+        yield
+    finally:
+        with _active_lock:
+            _active.discard(partial)
 
 
 def _digest_of(partial: str, length: int) -> hashlib._Hash:

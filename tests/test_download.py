@@ -27,6 +27,10 @@ class ModelServer(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-") or 0)
+        if start >= len(PAYLOAD):  # as real servers do: nothing is left in that range
+            self.send_response(416)
+            self.end_headers()
+            return
         body = PAYLOAD[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -134,3 +138,20 @@ def test_refused_and_failed_downloads(
 
 def test_downloads_need_a_models_directory(sidecar: RawSidecar, server: str) -> None:
     assert sidecar.error("downloadModel", {"url": f"{server}/model.gguf"})["code"] == -32011
+
+
+def test_a_complete_partial_file_is_finished_not_refetched(
+    confined: RawSidecar, server: str, models_dir: Path
+) -> None:
+    (models_dir / "model.gguf.part").write_bytes(PAYLOAD)  # e.g. a cancel that came after the last byte
+    result = confined.request("downloadModel", {"url": f"{server}/model.gguf", "sha256": SHA256})
+    assert result["complete"] and result["resumedFrom"] == len(PAYLOAD)
+    assert (models_dir / "model.gguf").read_bytes() == PAYLOAD
+
+
+def test_one_download_per_destination_at_a_time(confined: RawSidecar, server: str) -> None:
+    first = confined.send_request("downloadModel", {"url": f"{server}/slow.gguf"})
+    assert confined.next_message()["method"] == "downloadProgress"  # the first one is under way
+    second = confined.error("downloadModel", {"url": f"{server}/slow.gguf"})
+    assert second["code"] == -32012 and second["data"]["reason"] == "busy"
+    assert confined.response(first)["result"]["complete"]

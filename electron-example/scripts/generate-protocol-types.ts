@@ -29,6 +29,8 @@ const RENAMES: Readonly<Record<string, string>> = { Error: 'ErrorObject' };
 const CONSTRAINT_KEYWORDS = ['if', 'then', 'else', 'not', 'required'];
 const DROPPED_KEYWORDS = new Set(['$schema', '$defs', '$id', 'if', 'then', 'else', 'not', 'x-oneOfMessage']);
 const COMBINATORS = new Set(['oneOf', 'anyOf', 'allOf']);
+/** Keywords that describe a value without constraining it. */
+const ANNOTATION_KEYWORDS = new Set(['title', 'description', '$comment', 'examples', 'default', 'deprecated']);
 
 type Schema = { [key: string]: unknown };
 
@@ -114,10 +116,28 @@ function convert(node: unknown, file: string, schemas: ReadonlyMap<string, Schem
   for (const [key, value] of Object.entries(schema)) {
     if (DROPPED_KEYWORDS.has(key) || (COMBINATORS.has(key) && constraintsOnly(value))) continue;
     if (key === '$ref') out['tsType'] = refName(String(value), file, schemas);
+    else if (key === 'properties') out[key] = convertProperties(value, file, schemas);
     else if (key === 'title') out['title'] = RENAMES[String(value)] ?? value;
     else out[key] = convert(value, file, schemas);
   }
   return out;
+}
+
+/**
+ * A `properties` map; a property whose schema only annotates (any JSON value, like a
+ * result's parsed `json`) becomes `unknown`, where json-schema-to-typescript would make it
+ * an object.
+ */
+function convertProperties(node: unknown, file: string, schemas: ReadonlyMap<string, Schema>): unknown {
+  if (typeof node !== 'object' || node === null || Array.isArray(node)) return convert(node, file, schemas);
+  return Object.fromEntries(
+    Object.entries(node).map(([name, schema]) => {
+      const converted = convert(schema, file, schemas);
+      const anyValue =
+        typeof schema === 'object' && schema !== null && Object.keys(schema).every((k) => ANNOTATION_KEYWORDS.has(k));
+      return [name, anyValue ? { ...(converted as Schema), tsType: 'unknown' } : converted];
+    }),
+  );
 }
 
 /** A combinator whose branches only constrain (required keys, conditions): no shapes of their own. */

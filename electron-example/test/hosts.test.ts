@@ -1,4 +1,7 @@
-/** The terminal host (`npm run chat`) and the embedded default model through LlmService, when it is installed. */
+/**
+ * The terminal host (`npm run chat`), and the embedded default model through LlmService when it is
+ * installed: chat, a JSON Schema reply, embeddings.
+ */
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -7,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 
 import { type LlmChunk, LlmService, LLMServiceError } from '../src/client/index.js';
-import { devSidecarCommand, GREEDY, PACKAGE_DIR, tempDir, writeTinyModel } from './helpers/sidecar.js';
+import { devSidecarCommand, GREEDY, PACKAGE_DIR, tempDir, TEST_LOAD, writeTinyModel } from './helpers/sidecar.js';
 
 const run = promisify(execFile);
 
@@ -38,7 +41,7 @@ describe('the embedded default model (SmolLM2-135M), when installed', () => {
 
   before(async () => {
     try {
-      await service.loadModel('default');
+      await service.loadModel({ modelPath: 'default', ...TEST_LOAD });
     } catch (error) {
       if (!(error instanceof LLMServiceError && error.code === -32001)) throw error;
       missing = `the default model is not installed: ${error.message}`;
@@ -55,5 +58,39 @@ describe('the embedded default model (SmolLM2-135M), when installed', () => {
     assert.equal(chunks.map((c) => c.content).join(''), result.text);
     assert.ok(result.timings.tokensPerSecond > 0);
     assert.equal(await service.prompt('What is the capital of France?', options), result.text);
+  });
+
+  test('a jsonSchema reply comes parsed as json, from promptWithResult and from promptStream', async (t) => {
+    if (missing !== undefined) return t.skip(missing);
+    const person = {
+      type: 'object',
+      properties: { name: { type: 'string' }, age: { type: 'integer', minimum: 0 } },
+      required: ['name', 'age'],
+    };
+    const text = 'Invent a person. Reply in JSON with their name and age.';
+    const options = { jsonSchema: person, maxTokens: 120, timeoutMs: 120_000, ...GREEDY };
+    const result = await service.promptWithResult(text, options);
+    assert.equal(result.finishReason, 'stop', result.text);
+    const json = result.json as { name?: unknown; age?: unknown };
+    assert.equal(typeof json.name, 'string');
+    assert.ok(Number.isInteger(json.age), `age ${JSON.stringify(json.age)}`);
+    assert.deepEqual(JSON.parse(result.text), result.json);
+    let streamed = '';
+    const final = await service.promptStream(text, (c) => (streamed += c.content), options);
+    assert.equal(streamed, result.text, 'greedy: the stream gives the same reply');
+    assert.deepEqual(final.json, result.json);
+  });
+
+  test('embed: one normalized vector per text; cat is nearer kitten than stocks', async (t) => {
+    if (missing !== undefined) return t.skip(missing);
+    const texts = ['The cat sat on the mat.', 'A kitten rested on the rug.', 'Stock prices fell sharply today.'];
+    const { embeddings, promptTokens } = await service.embed(texts);
+    assert.equal(embeddings.length, 3);
+    const [cat = [], kitten = [], stocks = []] = embeddings;
+    const dot = (a: number[], b: number[]): number => a.reduce((sum, x, i) => sum + x * (b[i] ?? NaN), 0);
+    assert.equal(cat.length, 576, "SmolLM2-135M's width");
+    for (const vector of embeddings) assert.ok(Math.abs(Math.sqrt(dot(vector, vector)) - 1) < 1e-4);
+    assert.ok(dot(cat, kitten) > dot(cat, stocks), `cat·kitten ${dot(cat, kitten)}, cat·stocks ${dot(cat, stocks)}`);
+    assert.ok(promptTokens > 15);
   });
 });

@@ -100,6 +100,53 @@ describe('LlmService on the real sidecar', () => {
     assert.equal(stopped, text.slice(0, text.indexOf(trigger)));
   });
 
+  test('a grammar constrains the reply, through prompt, promptWithResult and promptStream', async () => {
+    const grammar = 'root ::= ("yes" | "no") "."';
+    for (const seed of [1, 2, 3]) {
+      const options = { grammar, raw: true, temperature: 1.5, seed };
+      const result = await service.promptWithResult('hi', options);
+      assert.ok(['yes.', 'no.'].includes(result.text), `seed ${seed}: ${JSON.stringify(result.text)}`);
+      assert.equal(result.finishReason, 'stop');
+      assert.equal(result.json, undefined, 'json comes only with jsonSchema');
+      assert.equal(await service.prompt('hi', options), result.text);
+      let streamed = '';
+      const final = await service.promptStream('hi', (c) => (streamed += c.content), options);
+      assert.equal(streamed, result.text);
+      assert.equal(final.text, result.text);
+    }
+  });
+
+  test('countTokens counts what prompt evaluates: chat with system prompt and history, raw, or messages', async () => {
+    const history = [
+      { role: 'user', content: 'hi' },
+      { role: 'assistant', content: 'hello' },
+    ];
+    const chat = { systemPrompt: 'be brief', messages: history, maxTokens: 1, ...GREEDY };
+    const counted = await service.countTokens('and now?', chat);
+    assert.equal(counted.promptTokens, (await service.promptWithResult('and now?', chat)).usage.promptTokens);
+    assert.ok(counted.promptTokens < counted.contextSize);
+    const fromMessages = await service.countTokens([...history, { role: 'user', content: 'and now?' }], {
+      systemPrompt: 'be brief',
+    });
+    assert.deepEqual(fromMessages, counted);
+    const raw = { raw: true, maxTokens: 1, ...GREEDY };
+    const rawCount = await service.countTokens('hello world', raw);
+    assert.equal(rawCount.promptTokens, (await service.promptWithResult('hello world', raw)).usage.promptTokens);
+    assert.notEqual(rawCount.promptTokens, (await service.countTokens('hello world')).promptTokens);
+    // tokenize's defaults read text the way a raw prompt is read.
+    assert.equal((await service.tokenize('hello world')).length, rawCount.promptTokens);
+  });
+
+  test('tokenize and detokenize round-trip; inspectModel reads the header without loading', async () => {
+    const tokens = await service.tokenize('hello world', { addBos: false });
+    assert.ok(tokens.length > 0 && tokens.every(Number.isInteger));
+    assert.equal((await service.detokenize(tokens)).trim(), 'hello world');
+    const inspected = await service.inspectModel(tiny);
+    assert.equal(inspected.modelPath, tiny);
+    assert.equal(inspected.architecture, 'llama');
+    assert.equal(inspected.chatTemplate, true);
+  });
+
   test('an AbortSignal, or cancel(requestId), cancels a running stream', async () => {
     for (const how of ['signal', 'requestId'] as const) {
       const controller = new AbortController();

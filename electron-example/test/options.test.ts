@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { generationParams, loadModelParams, type PromptOptions } from '../src/client/options.js';
+import { countTokensParams, generationParams, loadModelParams, type PromptOptions } from '../src/client/options.js';
 import { recordingLogger } from './helpers/sidecar.js';
 
 test('the text is the user turn, after the system prompt and earlier messages', () => {
@@ -59,4 +59,32 @@ test('unknown option names are logged and left out', () => {
   assert.deepEqual(load, { modelPath: '/m.gguf', contextSize: 512 });
   assert.match(entries[1]?.message ?? '', /loadModel: .*useMlock/);
   assert.deepEqual(loadModelParams('default', logger), { modelPath: 'default' });
+});
+
+test('grammar and jsonSchema pass through to the params', () => {
+  const { logger, entries } = recordingLogger();
+  const jsonSchema = { type: 'object', required: ['name'] };
+  assert.deepEqual(generationParams('x', { grammar: 'root ::= "a"', raw: true }, logger), {
+    grammar: 'root ::= "a"',
+    prompt: 'x',
+  });
+  assert.deepEqual(generationParams('x', { jsonSchema }, logger).jsonSchema, jsonSchema);
+  assert.deepEqual(entries, []);
+});
+
+test("countTokens params are the prompt's: system prompt, history, the text as the user turn, or raw text", () => {
+  const { logger, entries } = recordingLogger();
+  const history = [{ role: 'user', content: 'hi' }];
+  const options: PromptOptions = { systemPrompt: 's', messages: history, maxTokens: 5, temperature: 0, modelId: 'm' };
+  const chat = {
+    modelId: 'm',
+    messages: [{ role: 'system', content: 's' }, ...history, { role: 'user', content: 'x' }],
+  };
+  assert.deepEqual(countTokensParams('x', options, logger), chat);
+  assert.deepEqual(countTokensParams([{ role: 'user', content: 'x' }], options, logger), chat);
+  assert.deepEqual(countTokensParams('x', { raw: true, maxTokens: 5 }, logger), { prompt: 'x' });
+  assert.deepEqual(countTokensParams([{ role: 'user', content: 'x' }], { raw: true }, logger), {
+    messages: [{ role: 'user', content: 'x' }],
+  });
+  assert.deepEqual(entries, []);
 });

@@ -51,8 +51,9 @@ test('an error response rejects with the numeric code and data', async () => {
 test('interleaved streams each get only their own chunks; unknown ids are dropped', async () => {
   const { transport, rpc } = await connected();
   const seen: Record<string, string[]> = { a: [], b: [] };
-  const a = rpc.request('promptStream', {}, { onChunk: (c: StreamChunkParams) => seen['a']?.push(c.content) });
-  const b = rpc.request('promptStream', {}, { onChunk: (c: StreamChunkParams) => seen['b']?.push(c.content) });
+  const content = (params: Record<string, unknown>): string => (params as unknown as StreamChunkParams).content;
+  const a = rpc.request('promptStream', {}, { onNotification: (_m, params) => seen['a']?.push(content(params)) });
+  const b = rpc.request('promptStream', {}, { onNotification: (_m, params) => seen['b']?.push(content(params)) });
   const [idA, idB] = transport.sent.map((m) => m['id'] as number) as [number, number];
   transport.deliver(chunk(idA, 0, 'a0'));
   transport.deliver(chunk(idB, 0, 'b0'));
@@ -64,6 +65,32 @@ test('interleaved streams each get only their own chunks; unknown ids are droppe
   transport.deliver({ jsonrpc: '2.0', id: idB, result: 'B' });
   assert.deepEqual(await Promise.all([a, b]), ['A', 'B']);
   assert.deepEqual(seen, { a: ['a0', ''], b: ['b0', 'b1', ''] });
+});
+
+test('any notification naming a pending request goes to its handler, whatever the method', async () => {
+  const { transport, rpc } = await connected();
+  const seen: [string, unknown][] = [];
+  const call = rpc.request('downloadModel', {}, { onNotification: (method, params) => seen.push([method, params]) });
+  const id = transport.sent[0]?.['id'] as number;
+  const progress = (bytes: number): unknown => ({
+    jsonrpc: '2.0',
+    method: 'downloadProgress',
+    params: { requestId: id, bytes, total: 10, bytesPerSecond: 5 },
+  });
+  transport.deliver(progress(4));
+  transport.deliver({ jsonrpc: '2.0', method: 'somethingNewer', params: { requestId: id, n: 1 } });
+  transport.deliver({ jsonrpc: '2.0', method: 'downloadProgress', params: { requestId: id + 1, bytes: 1 } });
+  transport.deliver({ jsonrpc: '2.0', method: 'downloadProgress', params: { bytes: 1 } });
+  transport.deliver({ jsonrpc: '2.0', method: 'downloadProgress' });
+  transport.deliver(progress(10));
+  transport.deliver({ jsonrpc: '2.0', id, result: { complete: true } });
+  transport.deliver(progress(11)); // after the response: the call is settled, nothing more arrives
+  assert.deepEqual(await call, { complete: true });
+  assert.deepEqual(seen, [
+    ['downloadProgress', { requestId: id, bytes: 4, total: 10, bytesPerSecond: 5 }],
+    ['somethingNewer', { requestId: id, n: 1 }],
+    ['downloadProgress', { requestId: id, bytes: 10, total: 10, bytesPerSecond: 5 }],
+  ]);
 });
 
 test('a timeout rejects with WorkerTimeoutError, cancels the request, and ignores the late answer', async (t) => {
@@ -84,10 +111,10 @@ test('a timeout rejects with WorkerTimeoutError, cancels the request, and ignore
 test('the first-chunk timeout stops counting at the first chunk', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const { transport, rpc } = await connected();
-  const silent = rpc.request('promptStream', {}, { firstChunkTimeoutMs: 20, onChunk: quiet });
+  const silent = rpc.request('promptStream', {}, { firstChunkTimeoutMs: 20, onNotification: quiet });
   t.mock.timers.tick(20);
   await assert.rejects(silent, /sent no first chunk within 20 ms/);
-  const talking = rpc.request('promptStream', {}, { firstChunkTimeoutMs: 30, onChunk: quiet });
+  const talking = rpc.request('promptStream', {}, { firstChunkTimeoutMs: 30, onNotification: quiet });
   const id = transport.sent.at(-1)?.['id'] as number;
   transport.deliver(chunk(id, 0, 'x'));
   t.mock.timers.tick(1000); // far past the timeout: nothing may fire
@@ -98,7 +125,7 @@ test('the first-chunk timeout stops counting at the first chunk', async (t) => {
 test('an abort sends cancel and still settles with the response', async () => {
   const { transport, rpc } = await connected();
   const controller = new AbortController();
-  const call = rpc.request('promptStream', {}, { signal: controller.signal, onChunk: quiet });
+  const call = rpc.request('promptStream', {}, { signal: controller.signal, onNotification: quiet });
   const id = transport.sent[0]?.['id'];
   controller.abort();
   assert.deepEqual(
@@ -117,7 +144,7 @@ test('an already-aborted signal rejects with ABORTED and sends nothing', async (
 
 test('an exit rejects every pending call at once with SIDECAR_EXITED and the stderr tail', async () => {
   const { transport, rpc } = await connected();
-  const calls = [rpc.request('prompt', {}), rpc.request('promptStream', {}, { onChunk: quiet })];
+  const calls = [rpc.request('prompt', {}), rpc.request('promptStream', {}, { onNotification: quiet })];
   transport.exit({ exitCode: null, signal: 'SIGKILL', stderrTail: ['last words'] });
   for (const call of calls) {
     await assert.rejects(call, (error: unknown) => {
@@ -148,7 +175,7 @@ test('a throwing chunk callback rejects the call with its own error and cancels 
     'promptStream',
     {},
     {
-      onChunk: () => {
+      onNotification: () => {
         throw new RangeError('callback failed');
       },
     },

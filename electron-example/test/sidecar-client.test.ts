@@ -4,7 +4,13 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { LLMServiceError, SidecarClient, type StreamChunkParams } from '../src/client/index.js';
+import {
+  type DownloadProgressParams,
+  LLMServiceError,
+  SidecarClient,
+  type StreamChunkParams,
+} from '../src/client/index.js';
+import { MemoryTransport } from './helpers/memory-transport.js';
 import { devSidecarCommand, GREEDY, recordingLogger, tempDir, TEST_LOAD, writeTinyModel } from './helpers/sidecar.js';
 
 describe('SidecarClient on the real sidecar', () => {
@@ -142,4 +148,39 @@ test('a command that does not exist fails with SPAWN_FAILED', async () => {
   await assert.rejects(SidecarClient.spawn({ command: '/nonexistent/python', logger: () => {} }), {
     code: 'SPAWN_FAILED',
   });
+});
+
+test('each typed callback gets only its own notification method: chunks to onChunk, progress to onProgress', async () => {
+  const transport = new MemoryTransport();
+  transport.respond = (message) => {
+    const { id, method } = message as { id: number; method: string };
+    const note = (name: string, params: object): void =>
+      transport.deliver({ jsonrpc: '2.0', method: name, params: { requestId: id, ...params } });
+    if (method === 'initialize') transport.deliver({ jsonrpc: '2.0', id, result: { protocolVersion: '1.0' } });
+    if (method === 'downloadModel') {
+      note('downloadProgress', { bytes: 5, total: 9, bytesPerSecond: 1 });
+      note('streamChunk', { index: 0, content: 'not a chunk of a download', isFinal: true, timestamp: 0 });
+      note('downloadProgress', { bytes: 9, total: 9, bytesPerSecond: 2 });
+      transport.deliver({ jsonrpc: '2.0', id, result: { complete: true } });
+    }
+    if (method === 'promptStream') {
+      note('downloadProgress', { bytes: 1, bytesPerSecond: 1 });
+      note('streamChunk', { index: 0, content: '', isFinal: true, timestamp: 0 });
+      transport.deliver({ jsonrpc: '2.0', id, result: { text: '' } });
+    }
+  };
+  const client = await SidecarClient.connect(transport, { logger: () => {} });
+  const progress: DownloadProgressParams[] = [];
+  await client.downloadModel({ url: 'http://x/m.gguf' }, { onProgress: (p) => progress.push(p) });
+  assert.deepEqual(
+    progress.map((p) => p.bytes),
+    [5, 9],
+  );
+  const chunks: StreamChunkParams[] = [];
+  await client.promptStream({ prompt: 'x' }, (c) => chunks.push(c));
+  assert.deepEqual(
+    chunks.map((c) => c.isFinal),
+    [true],
+  );
+  await client.close({ force: true });
 });

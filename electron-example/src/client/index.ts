@@ -12,7 +12,17 @@ export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
 export { LlmService } from './llm-service.js';
-export type { LlmChunk, LlmServiceOptions, StreamPrompt } from './llm-service.js';
+export type {
+  CallTimeoutOptions,
+  DetokenizeOptions,
+  DownloadOptions,
+  DownloadProgress,
+  EmbedOptions,
+  LlmChunk,
+  LlmServiceOptions,
+  StreamPrompt,
+  TokenizeOptions,
+} from './llm-service.js';
 export { defaultLogger } from './log.js';
 export type { Logger, LogLevel } from './log.js';
 export type { LoadModelOptions, PromptOptions } from './options.js';
@@ -20,9 +30,9 @@ export { ProcessTransport } from './process-transport.js';
 export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
 export type * from './protocol-types.js';
 export { RpcConnection } from './rpc.js';
-export type { CallOptions, RequestOptions, StreamOptions } from './rpc.js';
+export type { CallOptions, NotificationHandler, RequestOptions, StreamOptions } from './rpc.js';
 export { PROTOCOL_VERSION, SidecarClient } from './sidecar-client.js';
-export type { SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
+export type { DownloadCallOptions, SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
 export { DEFAULT_RESTART_POLICY } from './supervisor.js';
 export type { RestartPolicy } from './supervisor.js';
 export type { CloseEvent, Transport } from './transport.js';

@@ -3,8 +3,10 @@
  *
  * Same calls as before (`loadModel`, `unloadModel`, `prompt`, `promptStream`
  * with `{content, isFinal, timestamp}` chunks), plus what the sidecar gives:
- * a stream resolves to its result (finish reason, usage, timings) and takes an
- * AbortSignal. A call that gets no response (`prompt`) or no first chunk
+ * a stream resolves to its result (finish reason, usage, timings, the parsed
+ * `json` of a `jsonSchema` prompt) and takes an AbortSignal; `promptWithResult`
+ * is `prompt` with that result; token arithmetic (`tokenize`, `detokenize`,
+ * `countTokens`), `embed`, `inspectModel` and `downloadModel`. A call that gets no response (`prompt`) or no first chunk
  * (`promptStream`) within `workerTimeoutMs` is cancelled and tried again, up
  * to `maxAttempts` in total; a sidecar that then fails a ping is killed and
  * restarted. The supervisor restarts a crashed sidecar on the next call, and
@@ -13,12 +15,24 @@
 
 import { isTimeout, LLMServiceError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
-import { generationParams, loadModelParams, type LoadModelOptions, type PromptOptions } from './options.js';
+import {
+  countTokensParams,
+  generationParams,
+  loadModelParams,
+  type LoadModelOptions,
+  type PromptOptions,
+} from './options.js';
 import type { SidecarCommand } from './process-transport.js';
 import type {
+  ChatMessage,
   ClientInfo,
+  CountTokensResult,
+  DownloadModelResult,
+  DownloadProgressParams,
+  EmbedResult,
   FinishReason,
   GenerationResult,
+  InspectModelResult,
   LoadModelParams,
   ModelInfo,
   StreamChunkParams,
@@ -64,6 +78,50 @@ export interface LlmChunk {
 
 export type StreamPrompt = string | { readonly text: string };
 
+/** Options of the calls that are not prompts. */
+export interface CallTimeoutOptions {
+  /** This call's timeout (default 60 s). */
+  readonly timeoutMs?: number;
+}
+
+export interface TokenizeOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Apply the model's beginning-of-sequence rule, as a raw prompt does (default true). */
+  readonly addBos?: boolean;
+  /** Read control-token text such as `<|im_start|>` as the control token (default true). */
+  readonly special?: boolean;
+}
+
+export interface DetokenizeOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Render control tokens as their text (default false). */
+  readonly special?: boolean;
+}
+
+export interface EmbedOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Scale each vector to length 1, so a dot product is the cosine similarity (default true). */
+  readonly normalize?: boolean;
+}
+
+/** How far a download has come: bytes on disk (a resumed start included), the size when the server says it. */
+export type DownloadProgress = Omit<DownloadProgressParams, 'requestId'>;
+
+export interface DownloadOptions {
+  /** A file name in the sidecar's first `--models-dir`, or a path inside one; the URL's last segment by default. */
+  readonly destination?: string;
+  /** The expected sha256 (hex): a mismatch fails the download (-32012) and deletes the file. */
+  readonly sha256?: string;
+  /** Called at most every 250 ms while the file arrives, and once at the end. */
+  readonly onProgress?: (progress: DownloadProgress) => void;
+  /** Cancels the download: the call resolves with `complete: false`; the same download later resumes. */
+  readonly signal?: AbortSignal;
+  /** A key for `LlmService.cancel(requestId)`. */
+  readonly requestId?: string;
+  /** A limit on the whole download (none by default). */
+  readonly timeoutMs?: number;
+}
+
 const DEFAULT_SIDECAR: SidecarCommand = { command: 'llama-sidecar' };
 const PING_TIMEOUT_MS = 2000;
 
@@ -105,12 +163,19 @@ export class LlmService {
 
   /** The whole reply to `text` (sent as the user's chat message unless `options.raw`). */
   async prompt(text: string, options: PromptOptions = {}): Promise<string> {
+    return (await this.promptWithResult(text, options)).text;
+  }
+
+  /**
+   * `prompt`, resolving to the whole result: `text`, `finishReason`, `usage`, `timings`, and with
+   * `options.jsonSchema` the parsed reply as `json` (absent when the reply was cut, e.g. by `maxTokens`).
+   */
+  async promptWithResult(text: string, options: PromptOptions = {}): Promise<GenerationResult> {
     const params = generationParams(text, options, this.logger);
     const timeoutMs = this.timeoutFor(options);
-    const result = await this.withCanceller(options, (signal) =>
+    return this.withCanceller(options, (signal) =>
       this.withRetries('prompt', (client) => client.prompt(params, { timeoutMs, signal })),
     );
-    return result.text;
   }
 
   /** Stream the reply to `prompt` into `onChunk`; resolves with the result once the final chunk is out. */
@@ -129,12 +194,71 @@ export class LlmService {
     );
   }
 
+  /** The token ids of `text` (by default as a raw prompt reads it: the model's BOS rule, control tokens recognized). */
+  async tokenize(text: string, options: TokenizeOptions = {}): Promise<number[]> {
+    const { timeoutMs, ...params } = options;
+    const client = await this.supervisor.acquire();
+    return (await client.tokenize({ ...params, text }, { timeoutMs })).tokens;
+  }
+
+  /** The text of `tokens` (control tokens left out unless `options.special`). */
+  async detokenize(tokens: readonly number[], options: DetokenizeOptions = {}): Promise<string> {
+    const { timeoutMs, ...params } = options;
+    const client = await this.supervisor.acquire();
+    return (await client.detokenize({ ...params, tokens: [...tokens] }, { timeoutMs })).text;
+  }
+
+  /**
+   * How many tokens `prompt(text, options)` would evaluate (chat template and BOS included), and
+   * the model's context size: it fits when `promptTokens < contextSize`. Chat messages may be given
+   * instead of a text. Takes the same options as `prompt`; only the prompt-shaping ones count.
+   */
+  async countTokens(
+    textOrMessages: string | readonly ChatMessage[],
+    options: PromptOptions = {},
+  ): Promise<CountTokensResult> {
+    const params = countTokensParams(textOrMessages, options, this.logger);
+    const client = await this.supervisor.acquire();
+    return client.countTokens(params, { timeoutMs: options.timeoutMs });
+  }
+
+  /** One vector per input, in order (normalized by default); any loaded model can embed. */
+  async embed(input: string | readonly string[], options: EmbedOptions = {}): Promise<EmbedResult> {
+    const { timeoutMs, ...params } = options;
+    const client = await this.supervisor.acquire();
+    return client.embed({ ...params, input: typeof input === 'string' ? input : [...input] }, { timeoutMs });
+  }
+
+  /** A GGUF file's facts (architecture, size, quantization, chat template, …) from its header, without loading it. */
+  async inspectModel(modelPath: string): Promise<InspectModelResult> {
+    return (await this.supervisor.acquire()).inspectModel({ modelPath });
+  }
+
+  /**
+   * Download a model file into the sidecar's models directory: the sidecar must be started with
+   * `--models-dir <dir>` in `sidecar.args`. Resolves with where it is and its sha256; a cancelled
+   * download resolves with `complete: false` and resumes when asked for again.
+   */
+  async downloadModel(url: string, options: DownloadOptions = {}): Promise<DownloadModelResult> {
+    const { destination, sha256, onProgress, timeoutMs } = options;
+    const params = {
+      url,
+      ...(destination === undefined ? {} : { destination }),
+      ...(sha256 === undefined ? {} : { sha256 }),
+    };
+    const progress = onProgress && ((update: DownloadProgressParams): void => onProgress(toProgress(update)));
+    const client = await this.supervisor.acquire();
+    return this.withCanceller(options, (signal) =>
+      client.downloadModel(params, { onProgress: progress, signal, timeoutMs }),
+    );
+  }
+
   /** The running sidecar's process id (undefined until the first call starts it, and after it exits). */
   get sidecarPid(): number | undefined {
     return this.supervisor.current?.pid;
   }
 
-  /** Cancel the prompt started with `options.requestId`; false when none is running. */
+  /** Cancel the prompt or download started with `options.requestId`; false when none is running. */
   cancel(requestId: string): boolean {
     const controller = this.cancellers.get(requestId);
     controller?.abort();
@@ -218,7 +342,7 @@ export class LlmService {
 
   /** Run `body` with a signal that fires on `options.signal` or on `cancel(options.requestId)`. */
   private async withCanceller<T>(
-    options: PromptOptions,
+    options: { readonly requestId?: string | undefined; readonly signal?: AbortSignal | undefined },
     body: (signal: AbortSignal | undefined) => Promise<T>,
   ): Promise<T> {
     const { requestId, signal } = options;
@@ -236,4 +360,9 @@ export class LlmService {
 function toLlmChunk(chunk: StreamChunkParams): LlmChunk {
   const { content, isFinal, timestamp, index, finishReason, usage, timings } = chunk;
   return { content, isFinal, timestamp, index, ...(isFinal ? { finishReason, usage, timings } : {}) };
+}
+
+function toProgress(update: DownloadProgressParams): DownloadProgress {
+  const { bytes, total, bytesPerSecond } = update;
+  return { bytes, ...(total === undefined ? {} : { total }), bytesPerSecond };
 }

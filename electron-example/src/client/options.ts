@@ -10,7 +10,7 @@
  */
 
 import type { Logger } from './log.js';
-import type { ChatMessage, GenerationParams, LoadModelParams } from './protocol-types.js';
+import type { ChatMessage, CountTokensParams, GenerationParams, LoadModelParams } from './protocol-types.js';
 
 /** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names). */
 export type LoadModelOptions = LoadModelParams;
@@ -31,6 +31,13 @@ export interface PromptOptions {
   messages?: ChatMessage[];
   /** node-llama-cpp's system prompt: sent as the first, `system`, message. */
   systemPrompt?: string;
+  /** A GBNF grammar (llama.cpp's format, rule `root` first) every token of the reply must follow. Not with `jsonSchema`. */
+  grammar?: string;
+  /**
+   * A JSON Schema the reply must satisfy. The result (`promptWithResult`, `promptStream`) then has
+   * `json`, the reply parsed, when it ended with finishReason "stop". Not with `grammar`.
+   */
+  jsonSchema?: Record<string, unknown>;
   /** Send the text as a raw completion prompt instead of a user chat message. */
   raw?: boolean;
   modelId?: string;
@@ -42,9 +49,20 @@ export interface PromptOptions {
   timeoutMs?: number;
 }
 
-const SAMPLING_KEYS = ['maxTokens', 'temperature', 'topK', 'topP', 'minP', 'seed', 'modelId'] as const;
+/** Options sent as they are, under the same name. */
+const PASSED_KEYS = [
+  'maxTokens',
+  'temperature',
+  'topK',
+  'topP',
+  'minP',
+  'seed',
+  'modelId',
+  'grammar',
+  'jsonSchema',
+] as const;
 const PROMPT_KEYS = new Set<string>([
-  ...SAMPLING_KEYS,
+  ...PASSED_KEYS,
   'repeatPenalty',
   'stop',
   'customStopTriggers',
@@ -70,7 +88,7 @@ const LOAD_KEYS = [
 export function generationParams(text: string, options: PromptOptions, logger: Logger): GenerationParams {
   warnUnknown(options, PROMPT_KEYS, 'prompt', logger);
   const params: GenerationParams = {};
-  for (const key of SAMPLING_KEYS) {
+  for (const key of PASSED_KEYS) {
     if (options[key] !== undefined) Object.assign(params, { [key]: options[key] });
   }
   const repeatPenalty = repeatPenaltyValue(options.repeatPenalty);
@@ -85,6 +103,31 @@ export function generationParams(text: string, options: PromptOptions, logger: L
     params.messages = [...system, ...(options.messages ?? []), ...user];
   }
   return params;
+}
+
+/**
+ * `countTokens`'s params for what `prompt(text, options)` would evaluate: the same system prompt,
+ * earlier messages and user turn (or raw text). Given messages instead of a text, they follow
+ * `options.messages` as the conversation. Sampling options do not change the count and are left out.
+ */
+export function countTokensParams(
+  textOrMessages: string | readonly ChatMessage[],
+  options: PromptOptions,
+  logger: Logger,
+): CountTokensParams {
+  const params =
+    typeof textOrMessages === 'string'
+      ? generationParams(textOrMessages, options, logger)
+      : generationParams(
+          '',
+          { ...options, raw: false, messages: [...(options.messages ?? []), ...textOrMessages] },
+          logger,
+        );
+  const { prompt, messages, modelId } = params;
+  return {
+    ...(modelId === undefined ? {} : { modelId }),
+    ...(prompt === undefined ? { messages: messages ?? [] } : { prompt }),
+  };
 }
 
 /** `loadModel`'s params from a path or an options object. */

@@ -407,9 +407,7 @@ export interface GenerationResult {
   /**
    * The reply parsed as JSON: present when the request had jsonSchema and finishReason is "stop".
    */
-  json?: {
-    [k: string]: unknown | undefined;
-  };
+  json?: unknown;
 }
 /**
  * The method takes no params: omit them or send {}.

@@ -1,13 +1,14 @@
 /**
  * JSON-RPC 2.0 over any `Transport`: ids, correlation, timeouts, cancellation.
  *
- * Each request gets an integer id and waits for the response with that id;
- * `streamChunk` notifications are routed to their request by `requestId`. A
- * timeout or an abandoned request sends `cancel` and rejects at once; an
- * AbortSignal sends `cancel` and keeps waiting, because the sidecar answers a
- * cancelled prompt with its partial result. When the channel closes, every
- * pending call rejects at once. It knows the envelope and the `cancel` and
- * `streamChunk` names, not what the methods mean.
+ * Each request gets an integer id and waits for the response with that id; a
+ * notification whose params carry the `requestId` of a pending request
+ * (`streamChunk`, `downloadProgress`, any later one) goes to that request's
+ * `onNotification`, whatever its method. A timeout or an abandoned request
+ * sends `cancel` and rejects at once; an AbortSignal sends `cancel` and keeps
+ * waiting, because the sidecar answers a cancelled prompt or download with its
+ * partial result. When the channel closes, every pending call rejects at once.
+ * It knows the envelope and the `cancel` name, not what the methods mean.
  *
  * Not the `json-rpc-2.0` package: its client rejects pending calls only with
  * a message string and has no notification routing or cancel hook, which are
@@ -16,7 +17,6 @@
 
 import { LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
-import type { StreamChunkParams } from './protocol-types.js';
 import type { CloseEvent, Transport } from './transport.js';
 
 export interface RequestOptions {
@@ -27,13 +27,20 @@ export interface RequestOptions {
 }
 
 export interface StreamOptions extends RequestOptions {
-  /** Reject with `WorkerTimeoutError` (and cancel) when no chunk arrives in time. */
+  /** Reject with `WorkerTimeoutError` (and cancel) when no notification for the request (a chunk) arrives in time. */
   readonly firstChunkTimeoutMs?: number | undefined;
 }
 
+/** Receives one notification about a request: its method and params (which hold the request's id as `requestId`). */
+export type NotificationHandler = (method: string, params: Record<string, unknown>) => void;
+
 export interface CallOptions extends StreamOptions {
-  /** Receives the request's `streamChunk` notifications, in order, before the result settles. */
-  readonly onChunk?: ((chunk: StreamChunkParams) => void) | undefined;
+  /**
+   * Receives, in order and before the result settles, every notification whose params carry this
+   * request's id as `requestId` (`streamChunk`, `downloadProgress`, …). If it throws, the request is
+   * cancelled and the call rejects with what it threw.
+   */
+  readonly onNotification?: NotificationHandler | undefined;
 }
 
 type Outcome = { readonly result: unknown } | { readonly error: unknown };
@@ -42,7 +49,7 @@ interface PendingCall {
   readonly method: string;
   readonly resolve: (result: unknown) => void;
   readonly reject: (error: unknown) => void;
-  readonly onChunk: ((chunk: StreamChunkParams) => void) | undefined;
+  readonly onNotification: NotificationHandler | undefined;
   readonly cleanups: (() => void)[];
   firstChunkTimer?: NodeJS.Timeout;
 }
@@ -85,7 +92,7 @@ export class RpcConnection {
     }
     const id = this.nextId++;
     const result = new Promise<unknown>((resolve, reject) => {
-      const call: PendingCall = { method, resolve, reject, onChunk: options.onChunk, cleanups: [] };
+      const call: PendingCall = { method, resolve, reject, onNotification: options.onNotification, cleanups: [] };
       this.pending.set(id, call);
       this.armTimers(id, call, options);
     });
@@ -149,20 +156,22 @@ export class RpcConnection {
     }
   }
 
+  /** Route a notification to the pending request its params name (`requestId`); drop any other. */
   private receiveNotification(method: string, params: unknown): void {
-    if (method !== 'streamChunk' || !isObject(params) || typeof params['requestId'] !== 'number') {
+    if (!isObject(params) || typeof params['requestId'] !== 'number') {
       this.logger('debug', `ignored notification ${method}`);
       return;
     }
-    // Chunks of an abandoned request find no call: it was rejected already.
-    const call = this.pending.get(params['requestId']);
+    const requestId = params['requestId'];
+    // Notifications of an abandoned request find no call: it was rejected already.
+    const call = this.pending.get(requestId);
     if (call === undefined) return;
     clearTimeout(call.firstChunkTimer);
     try {
-      call.onChunk?.(params as unknown as StreamChunkParams);
+      call.onNotification?.(method, params);
     } catch (error) {
-      // The caller's callback failed: stop the stream and hand the caller its own error.
-      this.abandon(params['requestId'], error);
+      // The caller's callback failed: stop the request and hand the caller its own error.
+      this.abandon(requestId, error);
     }
   }
 

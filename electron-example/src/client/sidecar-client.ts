@@ -19,6 +19,7 @@ import type {
   DetokenizeResult,
   DownloadModelParams,
   DownloadModelResult,
+  DownloadProgressParams,
   EmbedParams,
   EmbedResult,
   GenerationParams,
@@ -32,6 +33,7 @@ import type {
   ModelInfo,
   PingResult,
   ProtocolMethods,
+  ProtocolNotifications,
   RequestId,
   StreamChunkParams,
   TokenizeParams,
@@ -39,7 +41,13 @@ import type {
   UnloadModelParams,
   UnloadModelResult,
 } from './protocol-types.js';
-import { type CallOptions, type RequestOptions, RpcConnection, type StreamOptions } from './rpc.js';
+import {
+  type CallOptions,
+  type NotificationHandler,
+  type RequestOptions,
+  RpcConnection,
+  type StreamOptions,
+} from './rpc.js';
 import type { CloseEvent, Transport } from './transport.js';
 
 export const PROTOCOL_VERSION = '1.0';
@@ -50,15 +58,20 @@ export interface SidecarClientOptions {
   readonly clientInfo?: ClientInfo;
   /** Spawn through `initialize`'s answer (default 30 s); past it the process is killed. */
   readonly startTimeoutMs?: number;
-  /** Default timeout of every method but loadModel, prompt and promptStream (default 60 s). */
+  /** Default timeout of every method but loadModel, prompt, promptStream and downloadModel (default 60 s). */
   readonly requestTimeoutMs?: number;
-  /** Default timeout of loadModel (default 5 min). Prompts have none unless a call sets one. */
+  /** Default timeout of loadModel (default 5 min). Prompts and downloads have none unless a call sets one. */
   readonly loadTimeoutMs?: number;
   /** How long `close` waits for `shutdown`'s answer (default 2 s); a process transport waits as long at each later step. */
   readonly closeGraceMs?: number | undefined;
 }
 
 export type SpawnOptions = SidecarClientOptions & ProcessTransportOptions;
+
+export interface DownloadCallOptions extends RequestOptions {
+  /** Gets the download's `downloadProgress` notifications (at most every 250 ms, and once at the end). */
+  readonly onProgress?: ((progress: DownloadProgressParams) => void) | undefined;
+}
 
 /** The protocol's graceful-close wait: the sidecar exits within 2 s of `shutdown`. */
 const DEFAULT_CLOSE_GRACE_MS = 2000;
@@ -143,7 +156,7 @@ export class SidecarClient {
     onChunk: (chunk: StreamChunkParams) => void,
     options: StreamOptions = {},
   ): Promise<GenerationResult> {
-    return this.call('promptStream', params, { ...options, onChunk });
+    return this.call('promptStream', params, { ...options, onNotification: only('streamChunk', onChunk) });
   }
 
   tokenize(params: TokenizeParams, options?: RequestOptions): Promise<TokenizeResult> {
@@ -164,9 +177,15 @@ export class SidecarClient {
     return this.call('embed', params, options);
   }
 
-  /** Download a model into the sidecar's --models-dir (progress notifications are not routed yet). */
-  downloadModel(params: DownloadModelParams, options?: RequestOptions): Promise<DownloadModelResult> {
-    return this.call('downloadModel', params, options);
+  /**
+   * Download a model into the sidecar's `--models-dir`; `onProgress` gets its progress. An aborted
+   * `signal` cancels it: the call then resolves with `complete: false` (the `.part` file stays, and
+   * the same download later resumes it).
+   */
+  downloadModel(params: DownloadModelParams, options: DownloadCallOptions = {}): Promise<DownloadModelResult> {
+    const { onProgress, ...rest } = options;
+    const onNotification = onProgress === undefined ? undefined : only('downloadProgress', onProgress);
+    return this.call('downloadModel', params, { ...rest, onNotification });
   }
 
   /** A GGUF file's facts from its header, without loading it. */
@@ -209,8 +228,21 @@ export class SidecarClient {
   }
 
   private defaultTimeoutMs(method: keyof ProtocolMethods): number | undefined {
-    if (method === 'prompt' || method === 'promptStream') return undefined;
+    if (method === 'prompt' || method === 'promptStream' || method === 'downloadModel') return undefined;
     if (method === 'loadModel') return this.options.loadTimeoutMs ?? 300_000;
     return this.options.requestTimeoutMs ?? 60_000;
   }
+}
+
+/**
+ * A handler passing one notification method's params on, typed by its schema; other methods
+ * about the same request are ignored (a newer sidecar may send ones this client does not know).
+ */
+function only<M extends keyof ProtocolNotifications>(
+  method: M,
+  handler: (params: ProtocolNotifications[M]) => void,
+): NotificationHandler {
+  return (received, params) => {
+    if (received === method) handler(params as unknown as ProtocolNotifications[M]);
+  };
 }

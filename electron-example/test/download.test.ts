@@ -1,0 +1,135 @@
+/**
+ * downloadModel through LlmService on the real sidecar (started with --models-dir), from a local
+ * HTTP server that paces its ~2 MB body and honours Range: progress, sha256, cancel and resume.
+ */
+
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, realpathSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { type DownloadProgress, LlmService } from '../src/client/index.js';
+import { devSidecarCommand, recordingLogger, tempDir } from './helpers/sidecar.js';
+
+const BODY = randomBytes(2 * 1024 * 1024 + 12_345);
+const SHA256 = createHash('sha256').update(BODY).digest('hex');
+
+/** Per path: bytes per write and the pause between writes (paced: about 1 s in all; slow: about 13 s). */
+const PACE: Readonly<Record<string, { bytes: number; everyMs: number }>> = {
+  '/paced/model.gguf': { bytes: 64 * 1024, everyMs: 30 },
+  '/slow/model.gguf': { bytes: 16 * 1024, everyMs: 100 },
+  '/fast/model.gguf': { bytes: BODY.length, everyMs: 0 },
+};
+
+/** Serves BODY at the PACE paths, from the `Range: bytes=N-` start when asked. */
+function bodyServer(): Server {
+  return createServer((request, response) => {
+    const pace = PACE[request.url ?? ''];
+    if (pace === undefined) {
+      response.writeHead(404).end();
+      return;
+    }
+    const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? '');
+    let offset = range === null ? 0 : Number(range[1]);
+    const length = BODY.length - offset;
+    const headers = { 'Content-Type': 'application/octet-stream', 'Content-Length': length, 'Accept-Ranges': 'bytes' };
+    if (range === null) response.writeHead(200, headers);
+    else response.writeHead(206, { ...headers, 'Content-Range': `bytes ${offset}-${BODY.length - 1}/${BODY.length}` });
+    let timer: NodeJS.Timeout | undefined;
+    const next = (): void => {
+      const end = Math.min(offset + pace.bytes, BODY.length);
+      response.write(BODY.subarray(offset, end));
+      offset = end;
+      if (offset < BODY.length) timer = setTimeout(next, pace.everyMs);
+      else response.end();
+    };
+    response.on('close', () => clearTimeout(timer)); // the client went away (a cancel)
+    next();
+  });
+}
+
+describe('downloadModel on the real sidecar', () => {
+  const models = tempDir();
+  const { logger } = recordingLogger();
+  const server = bodyServer();
+  let service: LlmService;
+  let base = '';
+
+  before(async () => {
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    // A proxy from the environment must not take the sidecar's local requests.
+    const env = { ...process.env, NO_PROXY: '127.0.0.1', no_proxy: '127.0.0.1' };
+    service = new LlmService({ sidecar: { ...devSidecarCommand(['--models-dir', models.dir]), env }, logger });
+  });
+  after(async () => {
+    await service.dispose();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    models.remove();
+  });
+
+  test('progress rises to the whole size; the result is the complete file with its sha256', async () => {
+    const progress: DownloadProgress[] = [];
+    const result = await service.downloadModel(`${base}/paced/model.gguf`, {
+      destination: 'paced.gguf',
+      sha256: SHA256,
+      onProgress: (update) => progress.push(update),
+    });
+    assert.deepEqual(result, {
+      modelPath: path.join(realpathSync(models.dir), 'paced.gguf'), // the sidecar answers with real paths
+      sizeBytes: BODY.length,
+      sha256: SHA256,
+      resumedFrom: 0,
+      complete: true,
+    });
+    assert.equal(statSync(result.modelPath).size, BODY.length);
+    assert.ok(progress.length >= 2, `${progress.length} progress update(s)`);
+    const bytes = progress.map((p) => p.bytes);
+    assert.deepEqual(
+      bytes,
+      [...bytes].sort((a, b) => a - b),
+      'bytes never decrease',
+    );
+    assert.ok((bytes[0] ?? 0) < BODY.length, 'an update came before the end');
+    assert.deepEqual(
+      progress.map((p) => p.total),
+      progress.map(() => BODY.length),
+    );
+    assert.equal(progress.at(-1)?.bytes, BODY.length);
+    assert.ok(progress.every((p) => p.bytesPerSecond > 0 && !('requestId' in p)));
+  });
+
+  test('an abort mid-download resolves with complete: false; the next download resumes the partial file', async () => {
+    const controller = new AbortController();
+    const progress: DownloadProgress[] = [];
+    const started = Date.now();
+    const cancelled = await service.downloadModel(`${base}/slow/model.gguf`, {
+      destination: 'resumed.gguf',
+      onProgress: (update) => {
+        progress.push(update);
+        controller.abort();
+      },
+      signal: controller.signal,
+    });
+    assert.ok(Date.now() - started < 8000, 'cancelled long before the slow body ends');
+    assert.equal(cancelled.complete, false);
+    assert.equal(cancelled.sha256, null);
+    assert.ok(cancelled.sizeBytes > 0 && cancelled.sizeBytes < BODY.length, `${cancelled.sizeBytes} bytes`);
+    assert.equal(existsSync(cancelled.modelPath), false, 'the final name never names half a file');
+    assert.equal(statSync(`${cancelled.modelPath}.part`).size, cancelled.sizeBytes);
+    assert.ok(progress.length >= 1);
+
+    const resumed = await service.downloadModel(`${base}/fast/model.gguf`, { destination: 'resumed.gguf' });
+    assert.deepEqual(resumed, {
+      modelPath: cancelled.modelPath,
+      sizeBytes: BODY.length,
+      sha256: SHA256,
+      resumedFrom: cancelled.sizeBytes,
+      complete: true,
+    });
+  });
+});
