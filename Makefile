@@ -9,7 +9,7 @@ NODE_DIR := electron-example
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PROMPT ?= Explain in three sentences why the sky is blue.
 
-.PHONY: demo test check install browser
+.PHONY: demo test check install browser bench bench-smoke
 
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
@@ -17,6 +17,20 @@ demo: $(VENV)/.installed
 test: check $(NODE_DIR)/node_modules/.installed browser
 	$(PY) -m pytest
 	cd $(NODE_DIR) && npm test
+
+# The benchmark (bench/README.md): about 8 minutes; writes bench/results/latest.*
+bench: bench/.installed $(NODE_DIR)/node_modules/.installed
+	cd $(NODE_DIR) && npm run build
+	$(PY) bench/run.py
+
+# Every system of the benchmark starts, loads, generates and is reported; no speed is asserted.
+bench-smoke: bench/.installed $(NODE_DIR)/node_modules/.installed
+	$(PY) bench/run.py --quick --out $(CURDIR)/bench/results/tmp/smoke
+
+bench/.installed: bench/requirements.txt bench/node/package-lock.json $(VENV)/.installed
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	cd bench/node && npm ci --no-audit --no-fund
+	touch $@
 
 check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check sidecar tests

@@ -1,0 +1,196 @@
+"""From raw records to the figures the reports show, and the verdict on each target.
+
+Warm figures come from the measured rounds only. "short" means the probe and
+the three short chat prompts; "cached" the probe repeated with the prompt
+cache holding it (TTFT = one decode step + overhead: the TTFT-overhead
+target); "long" the ~1,500-token prompt. A sidecar
+figure's ratio to in-process llama-cpp-python is the median over pairs of
+runs of the same prompt in the same round (taken back to back).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+from .config import BASELINE, SYSTEMS
+from .stats import Summary, paired, summarize
+
+__all__ = ["analyze"]
+
+_SHORT = ("probe", "short")
+
+
+def _values(runs: Iterable[dict[str, Any]], field: str) -> list[float]:
+    return [float(run[field]) for run in runs if run.get(field) is not None]
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def _prompt_tps(run: dict[str, Any]) -> float | None:
+    return run["promptTokens"] / (run["ttftMs"] / 1000) if run.get("ttftMs") else None
+
+
+def _system(key: str, setup: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    short = [run for run in runs if run["kind"] in _SHORT]
+    long = [run for run in runs if run["kind"] == "long"]
+    warm_probe = summarize(_values([run for run in runs if run["kind"] == "probe"], "ttftMs"))
+    first = setup["firstPrompt"]["ttftMs"]
+    return {
+        "ttftMs": summarize(_values(short, "ttftMs")),
+        "cachedTtftMs": summarize(_values([run for run in runs if run["kind"] == "cached"], "ttftMs")),
+        "decodeTps": summarize(_values(short, "decodeTps")),
+        "e2eMs": summarize(_values(short, "e2eMs")),
+        "longTtftMs": summarize(_values(long, "ttftMs")),
+        "promptTps": summarize([tps for tps in map(_prompt_tps, long) if tps is not None]),
+        "longDecodeTps": summarize(_values(long, "decodeTps")),
+        "longE2eMs": summarize(_values(long, "e2eMs")),
+        "completionTokens": summarize(_values(short, "completionTokens")),
+        "firstPromptTtftMs": first,
+        "coldPenaltyMs": first - warm_probe["median"] if first is not None else None,
+        # What counts as no penalty: within the warm runs' own spread (at least 2 ms).
+        "coldAllowanceMs": max(2.0, warm_probe["max"] - warm_probe["median"]),
+        "loadMs": setup["loadMs"],
+        "spawnToReadyMs": setup["spawnToReadyMs"],
+        "idleRssMb": setup["idleRssMb"],
+        "peakRssMb": setup["peakRssMb"],
+        "serverTtftMs": _median(run["server"]["ttftMs"] for run in short if run.get("server")),
+        "serverDecodeTps": _median(run["server"]["tokensPerSecond"] for run in short if run.get("server")),
+    }
+
+
+def _versus(runs: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """Paired comparison with the in-process runs of the same prompts and rounds."""
+    if [(r["round"], r["prompt"]) for r in runs] != [(r["round"], r["prompt"]) for r in base]:
+        raise ValueError("runs are not paired with the baseline's")
+
+    def column(items: list[dict[str, Any]], field: str, kinds: tuple[str, ...]) -> list[float]:
+        return [
+            float("nan") if r.get(field) is None else float(r[field]) for r in items if r["kind"] in kinds
+        ]
+
+    long_tps = [_prompt_tps(r) or float("nan") for r in runs if r["kind"] == "long"]
+    base_long_tps = [_prompt_tps(r) or float("nan") for r in base if r["kind"] == "long"]
+    same = [r.get("text") == b.get("text") for r, b in zip(runs, base, strict=True) if r["round"] == 0]
+    return {
+        "decodeRatio": paired(
+            column(runs, "decodeTps", _SHORT), column(base, "decodeTps", _SHORT), ratio=True
+        ),
+        "ttftOverheadMs": paired(column(runs, "ttftMs", _SHORT), column(base, "ttftMs", _SHORT), ratio=False),
+        "cachedTtftOverheadMs": paired(
+            column(runs, "ttftMs", ("cached",)), column(base, "ttftMs", ("cached",)), ratio=False
+        ),
+        "ttftRatio": paired(column(runs, "ttftMs", _SHORT), column(base, "ttftMs", _SHORT), ratio=True),
+        "e2eRatio": paired(column(runs, "e2eMs", _SHORT), column(base, "e2eMs", _SHORT), ratio=True),
+        "promptTpsRatio": paired(long_tps, base_long_tps, ratio=True),
+        "longDecodeRatio": paired(
+            column(runs, "decodeTps", ("long",)), column(base, "decodeTps", ("long",)), ratio=True
+        ),
+        "sameOutputs": f"{sum(same)}/{len(same)}",
+    }
+
+
+def _boundary(boundary: dict[str, Any]) -> dict[str, Any]:
+    def per_key(streams: dict[str, list[dict[str, Any]]], field: str) -> dict[str, Summary]:
+        return {key: summarize(_values(rows, field)) for key, rows in streams.items()}
+
+    tiny, null = boundary["chunkStreams"]["tinyModel"], boundary["chunkStreams"]["nullEngine"]
+    startup = boundary["startup"]
+    return {
+        "pingUs": boundary["pingUs"],
+        "chunksPerSecond": per_key(tiny, "chunksPerSecond"),
+        "tinyTokensPerSecond": per_key(tiny, "tokensPerSecond"),
+        "nullEngineChunksPerSecond": per_key(null, "chunksPerSecond"),
+        "spawnToReadyMs": {key: summarize(probe["spawnToReadyMs"]) for key, probe in startup.items()},
+        "idleRssMb": {
+            key: summarize([v for v in probe["idleRssMb"] if v is not None]) for key, probe in startup.items()
+        },
+    }
+
+
+def analyze(
+    compare: dict[str, Any], boundary: dict[str, Any], concurrency: list[dict[str, Any]]
+) -> dict[str, Any]:
+    runs, setup = compare["runs"], compare["setup"]
+    systems = {key: _system(key, setup[key], runs[key]) for key in runs}
+    for key in runs:
+        if key != BASELINE and BASELINE in runs:
+            systems[key]["vsInProcess"] = _versus(runs[key], runs[BASELINE])
+    single = systems.get(BASELINE, {}).get("decodeTps", {}).get("median")
+    for row in concurrency:
+        row["vsInProcessSingleStream"] = row["aggregateTps"] / single if single else None
+    figures = {"systems": systems, "boundary": _boundary(boundary), "concurrency": concurrency}
+    figures["targets"] = _targets(figures)
+    return figures
+
+
+def _target(name: str, measured: float | None, limit: float, unit: str, *, at_least: bool) -> dict[str, Any]:
+    if measured is not None and math.isnan(measured):
+        measured = None
+    met = None if measured is None else (measured >= limit if at_least else measured <= limit)
+    return {
+        "target": name,
+        "measured": measured,
+        "limit": limit,
+        "unit": unit,
+        "atLeast": at_least,
+        "met": met,
+    }
+
+
+def _client_targets(label: str, figures: dict[str, Any], node_decode: float | None) -> list[dict[str, Any]]:
+    versus = figures.get("vsInProcess", {})
+    rows = [
+        _target(f"decode tok/s, {label} ÷ in-process", versus.get("decodeRatio"), 0.97, "×", at_least=True),
+        _target(
+            f"TTFT p50 overhead (warm), {label}",
+            versus.get("cachedTtftOverheadMs"),
+            2.0,
+            "ms",
+            at_least=False,
+        ),
+        _target(
+            f"first prompt after load over warm TTFT, {label}",
+            figures["coldPenaltyMs"],
+            round(figures["coldAllowanceMs"], 1),
+            "ms",
+            at_least=False,
+        ),
+    ]
+    if node_decode:
+        ratio = figures["decodeTps"]["median"] / node_decode
+        rows.append(_target(f"decode tok/s, {label} ÷ node-llama-cpp", ratio, 1.0, "×", at_least=True))
+    return rows
+
+
+def _targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    systems, boundary = figures["systems"], figures["boundary"]
+    node = systems.get("node-llama-cpp", {}).get("decodeTps", {}).get("median")
+    rows = []
+    for system in SYSTEMS:
+        if system.is_sidecar and system.key in systems:
+            rows += _client_targets(system.label, systems[system.key], node)
+
+    def ts(table: str) -> float | None:
+        value: float | None = boundary[table].get("sidecar-ts", {}).get("median")
+        return value
+
+    rows += [
+        _target("ping round trip p50 from Node", ts("pingUs"), 150, "µs", at_least=False),
+        _target("streamChunk/s to Node, tiny model", ts("chunksPerSecond"), 50_000, "/s", at_least=True),
+        _target(
+            "streamChunk/s to Node, generation free",
+            ts("nullEngineChunksPerSecond"),
+            50_000,
+            "/s",
+            at_least=True,
+        ),
+        _target("spawn → initialize answered (TS client)", ts("spawnToReadyMs"), 300, "ms", at_least=False),
+        _target("idle RSS before any model", ts("idleRssMb"), 60, "MiB", at_least=False),
+    ]
+    return rows
