@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny_model = write_tiny_model(settings.tmp)
     compare = run_compare(settings, prompts, [system.key for system in SYSTEMS], noise)
     boundary = run_boundary(settings, tiny_model, noise)
-    concurrency = run_concurrency(settings, next(p for p in prompts if p.kind == "short"), noise)
+    concurrency = run_concurrency(settings, [p for p in prompts if p.kind == "short"], noise)
     results = {
         "meta": _meta(settings, prompts, noise.report(), waited, time.monotonic() - started),
         "figures": analyze(compare, boundary, concurrency),

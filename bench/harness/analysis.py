@@ -32,6 +32,12 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _throughput(runs: list[dict[str, Any]]) -> float | None:
+    """Tokens per second of wall time, first token included: Σ completion tokens ÷ Σ end-to-end."""
+    wall = sum(run["e2eMs"] for run in runs) / 1000
+    return sum(run["completionTokens"] for run in runs) / wall if wall else None
+
+
 def _prompt_tps(run: dict[str, Any]) -> float | None:
     return run["promptTokens"] / (run["ttftMs"] / 1000) if run.get("ttftMs") else None
 
@@ -121,9 +127,10 @@ def analyze(
     for key in runs:
         if key != BASELINE and BASELINE in runs:
             systems[key]["vsInProcess"] = _versus(runs[key], runs[BASELINE])
-    single = systems.get(BASELINE, {}).get("decodeTps", {}).get("median")
+    single = _throughput([run for run in runs.get(BASELINE, []) if run["kind"] == "short"])
     for row in concurrency:
         row["vsInProcessSingleStream"] = row["aggregateTps"] / single if single else None
+    systems.get(BASELINE, {})["shortThroughputTps"] = single
     figures = {"systems": systems, "boundary": _boundary(boundary), "concurrency": concurrency}
     figures["targets"] = _targets(figures)
     return figures

@@ -93,13 +93,13 @@ def _concurrency(ax: Axes, rows: list[dict[str, Any]], single: float | None) -> 
     for index, value in enumerate(values):
         ax.text(index, value * 1.02, f"{value:.0f}", ha="center", va="bottom", fontsize=9, fontweight="bold")
     if single is not None and _ok(single):
-        ax.axhline(single, color="#7f8c8d", linestyle="--", linewidth=1)
-        ax.text(
-            len(rows) - 0.5, single, "in-process, 1 stream", ha="right", va="bottom", fontsize=8, color="#555"
+        ax.axhline(
+            single, color="#7f8c8d", linestyle="--", linewidth=1, label="in-process, one prompt at a time"
         )
+        ax.legend(loc="lower left", fontsize=8)
     ax.set_ylim(0, max([*values, single or 0]) * 1.25)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_title("Aggregate tok/s, simultaneous streams (TS client)", fontsize=11)
+    ax.set_title("Aggregate tok/s incl. prompts, simultaneous streams (TS client)", fontsize=11)
 
 
 def _targets(ax: Axes, targets: list[dict[str, Any]]) -> None:
@@ -135,6 +135,7 @@ def draw(path: Path, results: dict[str, Any]) -> None:
     figures, meta = results["figures"], results["meta"]
     systems, settings = figures["systems"], meta["settings"]
     single = systems.get("llama-cpp-python", {}).get("decodeTps", {}).get("median")
+    throughput = systems.get("llama-cpp-python", {}).get("shortThroughputTps")
     fig = plt.figure(figsize=(18, 14))
     grid = fig.add_gridspec(3, 3, height_ratios=(1, 1, 0.55))
     panels = [[fig.add_subplot(grid[row, column]) for column in range(3)] for row in range(2)]
@@ -159,7 +160,7 @@ def draw(path: Path, results: dict[str, Any]) -> None:
     title = f"Prompt processing tok/s, {meta['prompts'][-1]['tokens']}-token prompt"
     _bars(panels[1][0], systems, "promptTps", title, prompt_notes, upper="max")
     _memory(panels[1][1], systems)
-    _concurrency(panels[1][2], figures["concurrency"], single)
+    _concurrency(panels[1][2], figures["concurrency"], throughput)
     _targets(fig.add_subplot(grid[2, :]), figures["targets"])
     mode = " — QUICK MODE (smoke test, not a measurement)" if settings["quick"] else ""
     others = meta["noise"]["otherCoresAverage"]

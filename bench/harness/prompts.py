@@ -12,6 +12,7 @@ answers; and one long chat prompt of about 1,500 tokens (prompt processing).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,6 +40,13 @@ _EVENTS = (
 )
 
 
+def _drop_log_line(_level: int, _text: bytes, _data: int | None) -> None:
+    """llama.cpp's log lines are noise while counting tokens."""
+
+
+_SILENT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_drop_log_line)
+
+
 @dataclass(frozen=True, slots=True)
 class Prompt:
     name: str
@@ -52,6 +60,9 @@ def build_prompts(model_path: str, long_tokens: int) -> list[Prompt]:
     """Render and count the prompt set with the model's own template and tokenizer."""
     import llama_cpp
 
+    llama_cpp.llama_log_set(
+        _SILENT, ctypes.c_void_p(0)
+    )  # its warnings about a vocab-only context are noise here
     llm = llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
     try:
         render = _renderer(llm)

@@ -133,7 +133,7 @@ def _concurrency_table(rows: list[dict[str, Any]]) -> list[str]:
         "models",
         "threads per model",
         "aggregate tok/s",
-        "÷ in-process, 1 stream",
+        "÷ in-process, one at a time",
         "slowest TTFT (ms)",
     ]
     return _table(header, body)

@@ -1,6 +1,6 @@
 /**
  * The driver side of the orchestrator's line protocol, for Node drivers (the
- * twin of bench/harness/drivers/io.py and timeline.py).
+ * twin of bench/harness/drivers/channel.py and timeline.py).
  *
  * One JSON command per stdin line (`{"op": NAME, ...}`), one JSON answer per
  * stdout line: `{"ok": true, ...result}` or `{"ok": false, "error"}`; `exit`

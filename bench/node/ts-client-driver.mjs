@@ -90,10 +90,12 @@ async function echoPing({ python, count }) {
   return { rttUs: roundTrips };
 }
 
-/** One stream per entry of `modelIds`, all sent at once; aggregate throughput over the wall time. */
-async function concurrent({ prompt, maxTokens, modelIds }) {
+/** One stream per entry of `prompts` (on the model of the same index), all sent at once. */
+async function concurrent({ prompts, maxTokens, modelIds }) {
   const started = performance.now();
-  const results = await Promise.all(modelIds.map((modelId) => generate({ prompt, maxTokens, modelId })));
+  const results = await Promise.all(
+    prompts.map((prompt, index) => generate({ prompt, maxTokens, modelId: modelIds[index] })),
+  );
   return {
     wallMs: performance.now() - started,
     completionTokens: results.map((result) => result.completionTokens),

@@ -1,1 +1,1 @@
-"""Python drivers: one process per system, commanded with JSON lines on stdin (see ``io``)."""
+"""Python drivers: one process per system, commanded with JSON lines on stdin (see ``channel``)."""

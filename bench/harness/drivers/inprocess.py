@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .io import serve
+from .channel import serve
 from .timeline import Timeline
 
 _state: dict[str, Any] = {}

@@ -16,7 +16,7 @@ import psutil
 
 from sidecar.client import SidecarClient
 
-from .io import serve
+from .channel import serve
 from .timeline import Timeline
 
 _state: dict[str, SidecarClient] = {}
