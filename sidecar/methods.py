@@ -64,8 +64,16 @@ def build_method_table(
     }
     accepts_notification = {"cancel"}
     cancellable = {"prompt", "promptStream", "downloadModel"}
+    # Answered on the spot: their handlers never wait (see MethodEntry.immediate).
+    immediate = {"ping", "cancel", "listModels"}
     return {
-        name: MethodEntry(params_validator(name), handler, name in accepts_notification, name in cancellable)
+        name: MethodEntry(
+            params_validator(name),
+            handler,
+            accepts_notification=name in accepts_notification,
+            cancellable=name in cancellable,
+            immediate=name in immediate,
+        )
         for name, handler in table.items()
     }
 

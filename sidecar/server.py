@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -22,7 +24,7 @@ from .methods import build_method_table
 from .rpc import Dispatcher, RequestId
 from .service import ModelService
 from .settings import Settings
-from .transport import ByteSource, ChannelClosed, LineWriter, read_frames
+from .transport import READ_CHUNK, ByteSource, ChannelClosed, LineFramer, LineWriter, read_frames
 
 __all__ = ["Server"]
 
@@ -64,7 +66,9 @@ class Server:
         """Serve until told to stop; return the process exit status."""
         self._loop = asyncio.get_running_loop()
         self._install_signal_handlers()
-        threading.Thread(target=self._read_input, name="stdin-reader", daemon=True).start()
+        pipe = _pipe_descriptor(self._source)
+        if pipe is None or not self._read_on_loop(pipe):
+            threading.Thread(target=self._read_input, name="stdin-reader", daemon=True).start()
         watcher = asyncio.create_task(self._watch_parent(os.getppid()))
         await self._stopping.wait()
         watcher.cancel()
@@ -82,6 +86,44 @@ class Server:
     def _request_stop_threadsafe(self, reason: str) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._request_stop, reason)
+
+    def _read_on_loop(self, fd: int) -> bool:
+        """Read a pipe or socket from the event loop: a request is handled as soon as it lands.
+
+        A reader thread hands each line over with ``call_soon_threadsafe``, a
+        wake-up of the loop that cost about 18 µs per request (measured on ping).
+        False if this loop cannot watch the descriptor (Windows' proactor loop).
+        """
+        assert self._loop is not None
+        loop = self._loop
+        framer = LineFramer(self._max_line_bytes)
+
+        def on_readable() -> None:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("reading stdin failed: %s", exc)
+                data = b""
+            if data:
+                frames = framer.feed(data)
+            else:
+                loop.remove_reader(fd)
+                frames = framer.finish()
+            for frame in frames:
+                self._dispatcher.handle_frame(frame)
+            if not data:
+                self._request_stop("stdin closed")
+
+        try:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, on_readable)
+        except (NotImplementedError, OSError):
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
+            return False
+        return True
 
     def _read_input(self) -> None:
         loop = self._loop
@@ -119,3 +161,16 @@ class Server:
         while os.getppid() == parent:
             await asyncio.sleep(_PARENT_POLL_SECONDS)
         self._request_stop("parent process exited")
+
+
+def _pipe_descriptor(source: ByteSource) -> int | None:
+    """The descriptor of ``source`` if the event loop can watch it (a pipe or socket), else None.
+
+    Regular files and terminals cannot be polled; they are read on a thread.
+    """
+    try:
+        fd: int = source.fileno()  # type: ignore[attr-defined]
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None

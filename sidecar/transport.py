@@ -17,8 +17,11 @@ from typing import BinaryIO, Protocol
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "READ_CHUNK",
     "ByteSource",
     "ChannelClosed",
+    "Frame",
+    "LineFramer",
     "LineTooLong",
     "LineWriter",
     "protect_stdout",
@@ -26,7 +29,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-_READ_CHUNK = 64 * 1024
+READ_CHUNK = 64 * 1024
 
 
 class ByteSource(Protocol):
@@ -41,6 +44,9 @@ class LineTooLong:
 
     size: int
     limit: int
+
+
+Frame = bytes | LineTooLong
 
 
 class ChannelClosed(Exception):
@@ -61,35 +67,59 @@ def protect_stdout() -> BinaryIO:
     return os.fdopen(protocol_fd, "wb", buffering=0)
 
 
-def read_frames(stream: ByteSource, max_line_bytes: int) -> Iterator[bytes | LineTooLong]:
+def read_frames(stream: ByteSource, max_line_bytes: int) -> Iterator[Frame]:
     """Yield each line of ``stream`` without its terminator, or a ``LineTooLong``.
 
     Blank lines are skipped. A final line without ``\\n`` is still a frame (the
-    peer may close right after writing it). Never holds more than about
-    ``max_line_bytes`` plus one read chunk in memory.
+    peer may close right after writing it).
     """
-    pending = bytearray()
-    skipped = 0  # > 0 while discarding the rest of an over-long line
-    while chunk := stream.read1(_READ_CHUNK):
+    framer = LineFramer(max_line_bytes)
+    while chunk := stream.read1(READ_CHUNK):
+        yield from framer.feed(chunk)
+    yield from framer.finish()
+
+
+class LineFramer:
+    """Splits bytes, fed as they arrive, into frames; for readers that get chunks (pipes, sockets).
+
+    Never holds more than about ``max_line_bytes`` plus one chunk in memory.
+    """
+
+    __slots__ = ("_max_line_bytes", "_pending", "_skipped")
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max_line_bytes = max_line_bytes
+        self._pending = bytearray()
+        self._skipped = 0  # > 0 while discarding the rest of an over-long line
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        """The frames that ``chunk`` completes, in order."""
+        frames: list[Frame] = []
+        pending, limit = self._pending, self._max_line_bytes
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
-            size = skipped + len(pending) + end - start
-            if skipped or size > max_line_bytes:
-                yield LineTooLong(size, max_line_bytes)
+            size = self._skipped + len(pending) + end - start
+            if self._skipped or size > limit:
+                frames.append(LineTooLong(size, limit))
             elif line := _strip_cr(bytes(pending) + chunk[start:end] if pending else chunk[start:end]):
-                yield line
+                frames.append(line)
             pending.clear()
-            skipped = 0
+            self._skipped = 0
             start = end + 1
-        if skipped or len(pending) + len(chunk) - start > max_line_bytes:
-            skipped += len(pending) + len(chunk) - start
+        if self._skipped or len(pending) + len(chunk) - start > limit:
+            self._skipped += len(pending) + len(chunk) - start
             pending.clear()
         else:
             pending += chunk[start:]
-    if skipped:
-        yield LineTooLong(skipped, max_line_bytes)
-    elif line := _strip_cr(bytes(pending)):
-        yield line
+        return frames
+
+    def finish(self) -> list[Frame]:
+        """The last frame, at the end of input: a line without ``\\n``, if any."""
+        if self._skipped:
+            return [LineTooLong(self._skipped, self._max_line_bytes)]
+        line = _strip_cr(bytes(self._pending))
+        self._pending.clear()
+        return [line] if line else []
 
 
 def _strip_cr(line: bytes) -> bytes:

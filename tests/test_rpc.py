@@ -59,6 +59,7 @@ class Harness:
                 "crash": entry(crash),
                 "hold": entry(wait),  # same handler, but not declared cancellable
                 "note": MethodEntry(_no_check, echo, accepts_notification=True),
+                "now": MethodEntry(_require_text, echo, immediate=True),
             },
             lambda line: self.sent.append(orjson.loads(line)),
         )
@@ -231,5 +232,30 @@ def test_cancel_of_a_method_that_cannot_be_cancelled_says_false() -> None:
         assert h.dispatcher.cancel(1) is False
         h.release.set()
         assert (await h.settle())[0]["result"] == "done"
+
+    run(scenario)
+
+
+def test_an_immediate_method_is_answered_before_handle_frame_returns() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "now", {"text": "at once"}))
+        assert h.sent == [{"jsonrpc": "2.0", "result": "at once", "id": 1}]  # no task, no await
+        h.feed(request(2, "now", {}), request(3, "now", {"text": "again"}))
+        assert [message["id"] for message in h.sent[1:]] == [2, 3]
+        assert h.sent[1]["error"]["code"] == -32602  # errors take the same path
+        h.feed(request(4, "wait"), request(5, "now", {"text": "beside a waiting request"}))
+        assert h.sent[-1]["id"] == 5
+        h.release.set()
+        assert [message["id"] for message in await h.settle()][-1] == 4
+
+    run(scenario)
+
+
+def test_an_immediate_method_before_initialize_waits_like_any_other() -> None:
+    async def scenario(h: Harness) -> None:
+        h.feed(request(0, "initialize"), request(1, "now", {"text": "behind initialize"}))
+        assert h.sent == []  # it waits for initialize, on a task
+        assert [message["id"] for message in await h.settle()] == [0, 1]
 
     run(scenario)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 
+import orjson
 import pytest
 
 from sidecar.transport import ChannelClosed, LineTooLong, LineWriter, read_frames
@@ -76,3 +78,19 @@ def test_protect_stdout_sends_stray_output_to_stderr() -> None:
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=30, check=True)
     assert done.stdout == b'{"jsonrpc":"2.0"}\n'
     assert b"stray print" in done.stderr and b"native write" in done.stderr
+
+
+def test_stdin_from_a_regular_file_is_read_too(tmp_path: Path) -> None:
+    # A pipe is read on the event loop; a file cannot be polled and is read on a thread.
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.1"}}\n'
+        b'{"jsonrpc":"2.0","id":2,"method":"ping"}'  # the last line without its newline
+    )
+    with requests.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "sidecar"], stdin=stdin, capture_output=True, timeout=30, check=True
+        )
+    responses = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [response["id"] for response in responses] == [1, 2]
+    assert responses[1]["result"] == {}
