@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             max_line_bytes=args.max_line_bytes,
             model_dirs=tuple(args.models_dir),
             log_text=args.log_text,
+            max_models=args.max_models or None,
+            max_model_bytes=args.max_model_bytes or None,
         ),
         engine_factory=_llama_cpp_engine,
     )
@@ -53,6 +55,13 @@ def _llama_cpp_engine() -> Engine:
     from .engine.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine()
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +81,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="DIR",
         help="allow models only from DIR (repeatable; symlinks are resolved); default: anywhere",
+    )
+    parser.add_argument(
+        "--max-models",
+        type=_non_negative,
+        default=3,
+        metavar="N",
+        help="models kept loaded at once; loading one more unloads the least recently used "
+        "(default: 3; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-model-bytes",
+        type=_non_negative,
+        default=None,
+        metavar="BYTES",
+        help="most bytes of model files kept loaded at once, as --max-models (default and 0: no limit)",
     )
     parser.add_argument(
         "--log-text",

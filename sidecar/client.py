@@ -28,7 +28,7 @@ __all__ = ["RemoteError", "SidecarClient", "SidecarExited", "Stream"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 _DEFAULT_TIMEOUT = 60.0
 _END = object()
 
@@ -170,6 +170,14 @@ class SidecarClient:
             }
         )
         return stream
+
+    def create_session(self, **options: Any) -> dict[str, Any]:
+        """A chat session; prompt it with ``prompt(sessionId=..., text=...)`` (or ``prompt_stream``)."""
+        return self._request_object("createSession", options)
+
+    def close_session(self, session_id: str) -> bool:
+        closed: bool = self.request("closeSession", {"sessionId": session_id})["closed"]
+        return closed
 
     def cancel(self, request_id: int) -> bool:
         cancelled: bool = self.request("cancel", {"requestId": request_id})["cancelled"]

@@ -26,9 +26,11 @@ __all__ = [
     "NoModelLoaded",
     "NotInitialized",
     "ParseError",
+    "RequestCancelled",
     "ShuttingDown",
     "SidecarError",
     "UnknownModelId",
+    "UnknownSessionId",
 ]
 
 
@@ -170,6 +172,20 @@ class DownloadFailed(SidecarError):
     name = "DownloadFailed"
 
 
+class UnknownSessionId(SidecarError):
+    """The sessionId names no open session."""
+
+    code = -32013
+    name = "UnknownSessionId"
+
+
+class RequestCancelled(SidecarError):
+    """A request that has no partial result (loadModel) was cancelled; LSP's code."""
+
+    code = -32800
+    name = "RequestCancelled"
+
+
 ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     ParseError,
     InvalidRequest,
@@ -188,4 +204,6 @@ ERROR_CLASSES: tuple[type[SidecarError], ...] = (
     MessageTooLarge,
     ModelPathNotAllowed,
     DownloadFailed,
+    UnknownSessionId,
+    RequestCancelled,
 )

@@ -24,15 +24,22 @@ from .errors import InvalidParams
 from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
 from .schema import method_names, notification_names, params_validator
-from .service import GenerationRequest, GenerationResult, GenerationSink, LoadedModel, ModelService
+from .service import (
+    GenerationRequest,
+    GenerationResult,
+    GenerationSink,
+    LoadedModel,
+    ModelService,
+    Session,
+)
 from .settings import Settings
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_PROTOCOL_VERSIONS", "build_method_table"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.0"
-SUPPORTED_PROTOCOL_VERSIONS = ("1.0",)
+PROTOCOL_VERSION = "1.1"
+SUPPORTED_PROTOCOL_VERSIONS = ("1.0", "1.1")
 SERVER_NAME = "llama-sidecar"
 
 
@@ -50,6 +57,11 @@ def build_method_table(
         "loadModel": handlers.load_model,
         "unloadModel": handlers.unload_model,
         "listModels": handlers.list_models,
+        "createSession": handlers.create_session,
+        "getSession": handlers.get_session,
+        "resetSession": handlers.reset_session,
+        "setSessionHistory": handlers.set_session_history,
+        "closeSession": handlers.close_session,
         "prompt": handlers.prompt,
         "promptStream": handlers.prompt_stream,
         "tokenize": handlers.tokenize,
@@ -63,9 +75,9 @@ def build_method_table(
         "ping": handlers.ping,
     }
     accepts_notification = {"cancel"}
-    cancellable = {"prompt", "promptStream", "downloadModel"}
+    cancellable = {"loadModel", "prompt", "promptStream", "downloadModel"}
     # Answered on the spot: their handlers never wait (see MethodEntry.immediate).
-    immediate = {"ping", "cancel", "listModels"}
+    immediate = {"ping", "cancel", "listModels", "getSession"}
     return {
         name: MethodEntry(
             params_validator(name),
@@ -115,7 +127,7 @@ class _Handlers:
             },
         }
 
-    async def load_model(self, _context: RequestContext, params: Params) -> object:
+    async def load_model(self, context: RequestContext, params: Params) -> object:
         path = self._model_paths.resolve(params["modelPath"])
         options = LoadOptions(
             context_size=params.get("contextSize"),
@@ -124,14 +136,58 @@ class _Handlers:
             batch_size=params.get("batchSize"),
             use_mmap=params.get("useMmap"),
         )
-        loaded = await self._service.load(path, params.get("modelId"), options, params.get("seed"))
-        return _model_info(loaded)
+
+        def cancelled() -> bool:
+            return context.cancel_token.cancelled
+
+        loaded = await self._service.load(
+            path, params.get("modelId"), options, params.get("seed"), _LoadProgress(context), cancelled
+        )
+        return self._model_info(loaded)
 
     async def unload_model(self, _context: RequestContext, params: Params) -> object:
         return {"unloaded": await self._service.unload(params.get("modelId"))}
 
     async def list_models(self, _context: RequestContext, _params: Params) -> object:
-        return {"models": [_model_info(model) for model in self._service.list()]}
+        return {"models": [self._model_info(model) for model in self._service.list()]}
+
+    def _model_info(self, model: LoadedModel) -> dict[str, object]:
+        facts = model.facts
+        info: dict[str, object] = {
+            "modelId": model.model_id,
+            "modelPath": model.path,
+            "contextSize": facts.context_size,
+            "trainContextSize": facts.train_context_size,
+            "vocabSize": facts.vocab_size,
+            "sizeBytes": facts.size_bytes,
+            "architecture": facts.architecture,
+            "chatTemplate": facts.has_chat_template,
+            "loadMs": round(model.load_ms, 3),
+            "lastUsedAt": int(model.last_used * 1000),
+            "sessions": [session.session_id for session in self._service.sessions_of(model.model_id)],
+        }
+        if facts.name is not None:
+            info["name"] = facts.name
+        return info
+
+    async def create_session(self, _context: RequestContext, params: Params) -> object:
+        session = await self._service.create_session(
+            params.get("modelId"), params.get("systemPrompt"), params.get("contextSize")
+        )
+        return _session_info(session)
+
+    async def get_session(self, _context: RequestContext, params: Params) -> object:
+        return _session_info(self._service.session(params["sessionId"]))
+
+    async def reset_session(self, _context: RequestContext, params: Params) -> object:
+        return _session_info(await self._service.set_session_history(params["sessionId"], ()))
+
+    async def set_session_history(self, _context: RequestContext, params: Params) -> object:
+        messages = tuple(ChatMessage(m["role"], m["content"]) for m in params["messages"])
+        return _session_info(await self._service.set_session_history(params["sessionId"], messages))
+
+    async def close_session(self, _context: RequestContext, params: Params) -> object:
+        return {"closed": await self._service.close_session(params["sessionId"])}
 
     async def prompt(self, context: RequestContext, params: Params) -> object:
         return await self._generate(context, params, _WholeReply())
@@ -154,7 +210,7 @@ class _Handlers:
             result.timings.tokens_per_second,
         )
         if self._settings.log_text:
-            text_in = request.prompt if request.prompt is not None else request.messages
+            text_in = next(t for t in (request.prompt, request.messages, request.text) if t is not None)
             log.info("request %r text: %r -> %r", context.request_id, text_in, result.text)
         reply = _result(result)
         if request.json_schema is not None and result.finish_reason == "stop":
@@ -259,6 +315,28 @@ class _WholeReply:
         pass
 
 
+class _LoadProgress:
+    """Sends a loadModel's ``loadProgress``: increasing by a percentage point or more, and 1 once loaded.
+
+    llama.cpp reports after every tensor (thousands in a large model); a host's
+    progress bar needs no finer steps than a percent, so a load sends at most 102.
+    """
+
+    __slots__ = ("_context", "_last_value")
+    STEP = 0.01
+
+    def __init__(self, context: RequestContext) -> None:
+        self._context = context
+        self._last_value = -1.0
+
+    def __call__(self, value: float) -> None:
+        # 1 (the model is ready) is always sent; anything else only a step past the last one
+        if value < self._last_value + self.STEP and not (value >= 1.0 > self._last_value):
+            return
+        self._last_value = value
+        self._context.notify("loadProgress", {"requestId": self._context.request_id, "progress": value})
+
+
 class _ChunkStream:
     """Numbers and sends the ``streamChunk`` notifications of one promptStream."""
 
@@ -299,6 +377,8 @@ def _generation_request(params: Params) -> GenerationRequest:
         messages=tuple(ChatMessage(m["role"], m["content"]) for m in messages)
         if messages is not None
         else None,
+        session_id=params.get("sessionId"),
+        text=params.get("text"),
         max_tokens=params.get("maxTokens"),
         temperature=params.get("temperature", 0.8),
         top_k=params.get("topK", 40),
@@ -312,21 +392,16 @@ def _generation_request(params: Params) -> GenerationRequest:
     )
 
 
-def _model_info(model: LoadedModel) -> dict[str, object]:
-    facts = model.facts
+def _session_info(session: Session) -> dict[str, object]:
     info: dict[str, object] = {
-        "modelId": model.model_id,
-        "modelPath": model.path,
-        "contextSize": facts.context_size,
-        "trainContextSize": facts.train_context_size,
-        "vocabSize": facts.vocab_size,
-        "sizeBytes": facts.size_bytes,
-        "architecture": facts.architecture,
-        "chatTemplate": facts.has_chat_template,
-        "loadMs": round(model.load_ms, 3),
+        "sessionId": session.session_id,
+        "modelId": session.model_id,
+        "contextSize": session.context_size,
+        "messages": [{"role": m.role, "content": m.content} for m in session.messages],
+        "droppedMessages": session.dropped_messages,
     }
-    if facts.name is not None:
-        info["name"] = facts.name
+    if session.system_prompt is not None:
+        info["systemPrompt"] = session.system_prompt
     return info
 
 

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from .engine.api import Engine
 from .methods import build_method_table
 from .rpc import Dispatcher, RequestId
-from .service import ModelService
+from .service import ModelLimits, ModelService
 from .settings import Settings
 from .transport import READ_CHUNK, ByteSource, ChannelClosed, LineFramer, LineWriter, read_frames
 
@@ -49,7 +49,9 @@ class Server:
         self._source = source
         self._writer = LineWriter(sink)
         self._max_line_bytes = settings.max_line_bytes
-        self._service = ModelService(engine_factory)
+        self._service = ModelService(
+            engine_factory, ModelLimits(max_models=settings.max_models, max_bytes=settings.max_model_bytes)
+        )
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher = Dispatcher(

@@ -1,9 +1,13 @@
-"""Service: loaded models, one worker thread each, and generation requests.
+"""Service: loaded models, one worker thread each, chat sessions, and generation requests.
 
 Each loaded model owns a single-thread executor: its jobs run one at a time
-in arrival order, and a ``Llama`` object never sees two threads. Generation
-results carry usage and timings. The service knows models and requests, not
-JSON-RPC, request ids or the wire; the engine behind it is injected.
+in arrival order, and a ``Llama`` object never sees two threads. A limit on
+the number (and bytes) of loaded models unloads the least recently used.
+Sessions keep a history; the model's context holds the tokens of the session
+that used it last, and the others wait as snapshots, so a turn evaluates only
+its new tokens. Generation results carry usage and timings. The service knows
+models, sessions and requests, not JSON-RPC, request ids or the wire; the
+engine behind it is injected.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import ctypes
 import functools
 import gc
+import itertools
+import logging
 import random
 import threading
 import time
@@ -28,12 +34,14 @@ from .engine.api import (
     FinishReason,
     GenerationOutcome,
     LoadOptions,
+    LoadProgress,
     ModelFacts,
     ModelSummary,
     SamplingOptions,
     StopCheck,
 )
-from .errors import NoModelLoaded, UnknownModelId
+from .errors import InvalidParams, NoModelLoaded, UnknownModelId, UnknownSessionId
+from .sessions import Session, TurnPrompt, reply_reserve, turn_prompt
 
 _T = TypeVar("_T")
 Vectors = list[list[float]]  # named here: inside ModelService, "list" is a method
@@ -43,9 +51,25 @@ __all__ = [
     "GenerationResult",
     "GenerationSink",
     "LoadedModel",
+    "ModelLimits",
     "ModelService",
+    "Session",
     "Timings",
 ]
+
+log = logging.getLogger(__name__)
+
+_WEIGHTS_READ = 0.99  # load progress once the weights are read and before the model is ready
+
+
+@dataclass(slots=True, frozen=True)
+class ModelLimits:
+    """How much the service keeps loaded; past it, the least recently used model goes."""
+
+    max_models: int | None = 3  # the old WorkerService kept 3; None: no limit
+    max_bytes: int | None = None  # sum of the loaded model files' sizes
+    # Snapshots of the sessions that are not in their model's context, per model.
+    session_cache_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,11 +82,13 @@ class Timings:
 
 @dataclass(slots=True, frozen=True)
 class GenerationRequest:
-    """One prompt: exactly one of ``prompt`` and ``messages`` is set."""
+    """One prompt: exactly one of ``prompt``, ``messages`` and ``session_id`` (with ``text``) is set."""
 
     model_id: str | None
     prompt: str | None
     messages: tuple[ChatMessage, ...] | None
+    session_id: str | None = None
+    text: str | None = None  # the user's turn in the session
     max_tokens: int | None = None
     temperature: float = 0.8
     top_k: int = 40
@@ -107,31 +133,49 @@ class LoadedModel:
     engine_model: EngineModel = field(repr=False)
     worker: ThreadPoolExecutor = field(repr=False)
     closing: bool = False
+    last_used: float = 0.0  # time.time() of the last request that used it
+    running_jobs: int = 0  # queued or running on the worker; a busy model is evicted last
+    # The session whose tokens the model's context holds (None: a one-off prompt's).
+    # Read and written on the worker thread only.
+    context_owner: Session | None = field(default=None, repr=False)
     # Held by token work running beside the worker (tokenize, countTokens) and by
     # close, so a model is never freed while another thread reads its vocabulary.
     use_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class ModelService:
-    """Loads, lists, unloads and prompts models."""
+    """Loads, lists, unloads and prompts models; keeps chat sessions."""
 
-    def __init__(self, engine_factory: Callable[[], Engine]) -> None:
+    def __init__(self, engine_factory: Callable[[], Engine], limits: ModelLimits | None = None) -> None:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
+        self._limits = limits or ModelLimits()
         self._models: dict[str, LoadedModel] = {}  # insertion order = load order
         self._loads: set[asyncio.Task[LoadedModel]] = set()
+        self._sessions: dict[str, Session] = {}
+        self._session_numbers = itertools.count(1)
 
     # -- models ----------------------------------------------------------
 
     async def load(
-        self, path: str, model_id: str | None, options: LoadOptions, seed: int | None
+        self,
+        path: str,
+        model_id: str | None,
+        options: LoadOptions,
+        seed: int | None,
+        progress: LoadProgress = lambda _value: None,
+        should_stop: StopCheck = lambda: False,
     ) -> LoadedModel:
         """Load ``path`` (or return the same file already loaded with the same options).
 
         Requests that arrive while the load runs wait for it, so a host may send
-        ``loadModel`` and ``prompt`` back to back.
+        ``loadModel`` and ``prompt`` back to back. ``should_stop`` abandons the
+        load (``RequestCancelled``); past the model limit, the least recently
+        used other model is unloaded once this one is in.
         """
-        task = asyncio.ensure_future(self._load(set(self._loads), path, model_id, options, seed))
+        task = asyncio.ensure_future(
+            self._load(set(self._loads), path, model_id, options, seed, progress, should_stop)
+        )
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
         return await task
@@ -143,41 +187,84 @@ class ModelService:
         model_id: str | None,
         options: LoadOptions,
         seed: int | None,
+        progress: LoadProgress,
+        should_stop: StopCheck,
     ) -> LoadedModel:
         if earlier_loads:  # one load at a time, in arrival order
             await asyncio.wait(earlier_loads)
         for loaded in self._models.values():
             if loaded.path == path and loaded.options == options and model_id in (None, loaded.model_id):
                 self._models[loaded.model_id] = self._models.pop(loaded.model_id)  # now the default
+                loaded.last_used = time.time()
+                progress(1.0)
                 return loaded
         model_id = model_id or self._free_id(Path(path).stem)
+
+        def reading(value: float) -> None:
+            # 1 means ready; the context is still to be made when the weights are all read.
+            progress(min(value, _WEIGHTS_READ))
+
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model_id}")
         started = time.perf_counter()
         try:
             engine_model = await asyncio.get_running_loop().run_in_executor(
-                worker, self._engine_or_create().load, path, options
+                worker,
+                functools.partial(
+                    self._engine_or_create().load, path, options, progress=reading, should_stop=should_stop
+                ),
             )
         except BaseException:
             worker.shutdown(wait=False)
             raise
         load_ms = (time.perf_counter() - started) * 1000
+        progress(1.0)
         if model_id in self._models:
-            await self.unload(model_id)
+            await self._drop(model_id)
         loaded = LoadedModel(model_id, path, options, seed, engine_model.facts, load_ms, engine_model, worker)
+        loaded.last_used = time.time()
         self._models[model_id] = loaded
+        await self._keep_within_limits(loaded)
         return loaded
 
+    async def _keep_within_limits(self, keep: LoadedModel) -> None:
+        """Unload the least recently used models (idle ones first) until within the limits."""
+        while len(self._models) > 1 and self._over_limits():
+            victim = min(
+                (model for model in self._models.values() if model is not keep),
+                key=lambda model: (model.running_jobs > 0, model.last_used),
+            )
+            log.info(
+                "unloading %r, the least recently used model, to stay within the limits", victim.model_id
+            )
+            await self._drop(victim.model_id)
+
+    def _over_limits(self) -> bool:
+        limits = self._limits
+        loaded_bytes = sum(model.facts.size_bytes for model in self._models.values())
+        return (limits.max_models is not None and len(self._models) > limits.max_models) or (
+            limits.max_bytes is not None and loaded_bytes > limits.max_bytes
+        )
+
     async def unload(self, model_id: str | None) -> bool:
-        """Free a model (the default one if no id); its running and queued prompts end cancelled."""
+        """Free a model (the default one if no id); its running and queued prompts end cancelled.
+
+        Its sessions stay open without their cached context: loading a model
+        under the same id lets them go on.
+        """
         await self._loads_settled()
         if model_id is None:
             if not self._models:
                 return False
             model_id = next(reversed(self._models))
+        return await self._drop(model_id)
+
+    async def _drop(self, model_id: str) -> bool:
         loaded = self._models.pop(model_id, None)
         if loaded is None:
             return False
         await _close(loaded)
+        for session in self.sessions_of(model_id):
+            session.snapshot = None  # a snapshot only fits the context it came from
         return True
 
     def list(self) -> list[LoadedModel]:
@@ -187,6 +274,77 @@ class ModelService:
         """Cancel everything and free every model."""
         models, self._models = list(self._models.values()), {}
         await asyncio.gather(*(_close(model) for model in models))
+
+    # -- sessions --------------------------------------------------------
+
+    async def create_session(
+        self, model_id: str | None, system_prompt: str | None, context_size: int | None
+    ) -> Session:
+        await self._loads_settled()
+        model = self._resolve(model_id)
+        if not model.facts.has_chat_template:
+            raise InvalidParams(
+                f"Invalid params: the model {model.model_id!r} has no chat template, which sessions need.",
+                {"field": "modelId"},
+            )
+        model_context = model.facts.context_size
+        if context_size is not None and context_size > model_context:
+            raise InvalidParams(
+                f"Invalid params: 'contextSize' is {context_size}; "
+                f"the model's context holds {model_context} tokens.",
+                {"field": "contextSize"},
+            )
+        session = Session(
+            session_id=f"session-{next(self._session_numbers)}",
+            model_id=model.model_id,
+            system_prompt=system_prompt,
+            context_size=context_size or model_context,
+        )
+        self._sessions[session.session_id] = session
+        return session
+
+    def session(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionId(f"No open session has the id {session_id!r}.", {"sessionId": session_id})
+        return session
+
+    def sessions_of(self, model_id: str) -> tuple[Session, ...]:
+        """The open sessions on a model, oldest first (callable from any thread)."""
+        # tuple() copies the dict's values in one step, safe beside the loop thread's changes.
+        return tuple(session for session in tuple(self._sessions.values()) if session.model_id == model_id)
+
+    async def set_session_history(self, session_id: str, messages: tuple[ChatMessage, ...]) -> Session:
+        """Replace the history, after the session's prompts already queued (order is kept)."""
+        session = self.session(session_id)
+
+        def replace_history() -> None:
+            session.messages, session.dropped_messages, session.snapshot = messages, 0, None
+
+        await self._after_queued_work(session, replace_history)
+        return session
+
+    async def close_session(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+
+        def forget() -> None:
+            session.closed, session.snapshot = True, None
+            model = self._models.get(session.model_id)
+            if model is not None and model.context_owner is session:
+                model.context_owner = None
+
+        await self._after_queued_work(session, forget)
+        return True
+
+    async def _after_queued_work(self, session: Session, change: Callable[[], None]) -> None:
+        """Apply ``change`` on the session's model worker, after its queued prompts."""
+        model = self._models.get(session.model_id)
+        if model is None or model.closing:
+            change()
+            return
+        await asyncio.get_running_loop().run_in_executor(model.worker, change)
 
     # -- generation ------------------------------------------------------
 
@@ -205,7 +363,8 @@ class ModelService:
         """
         try:
             await self._loads_settled()
-            model = self._resolve(request.model_id)
+            session = self.session(request.session_id) if request.session_id is not None else None
+            model = self._session_model(session) if session is not None else self._resolve(request.model_id)
         except BaseException:
             sink.end(None)
             raise
@@ -226,8 +385,8 @@ class ModelService:
 
         def job() -> GenerationResult:
             try:
-                result = _run_generation(
-                    model.engine_model, request, sampling, sink.text, should_stop, received_ns
+                result = self._run_generation(
+                    model, session, request, sampling, sink.text, should_stop, received_ns
                 )
             except BaseException:
                 sink.end(None)
@@ -235,7 +394,58 @@ class ModelService:
             sink.end(result)
             return result
 
-        return await asyncio.get_running_loop().run_in_executor(model.worker, job)
+        return await self._on_worker(model, job)
+
+    def _run_generation(
+        self,
+        model: LoadedModel,
+        session: Session | None,
+        request: GenerationRequest,
+        sampling: SamplingOptions,
+        on_text: Callable[[str], None],
+        should_stop: StopCheck,
+        received_ns: int,
+    ) -> GenerationResult:
+        """The worker-thread side of a prompt: build its tokens, take the context, generate, time."""
+        started_ns = time.monotonic_ns()
+        engine_model = model.engine_model
+        pieces: list[str] = []
+
+        def collect(text: str) -> None:
+            pieces.append(text)
+            on_text(text)
+
+        if request.grammar is not None or request.json_schema is not None:
+            sampling = replace(
+                sampling, grammar=engine_model.grammar_for(request.grammar, request.json_schema)
+            )
+        turn: TurnPrompt | None = None
+        if session is not None:
+            reserve = reply_reserve(session.context_size, request.max_tokens)
+            turn = turn_prompt(engine_model, session, request.text or "", reserve)
+            tokens, template_stops = turn.tokens, turn.stops
+            room = session.context_size - len(tokens)
+            sampling = replace(sampling, max_tokens=min(sampling.max_tokens or room, room))
+        elif request.messages is not None:
+            tokens, template_stops = engine_model.chat_prompt(request.messages)
+        else:
+            tokens, template_stops = engine_model.tokenize(request.prompt or ""), ()
+        if template_stops:
+            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))
+        if should_stop():  # cancelled while queued: do not touch the model, nor the history
+            outcome = GenerationOutcome("cancelled", len(tokens), 0, 0, 0)
+        else:
+            self._hand_context_to(model, session)
+            outcome = engine_model.generate(tokens, sampling, collect, should_stop)
+            if session is not None and turn is not None:
+                _append_turn(session, turn, request.text or "", "".join(pieces))
+        return GenerationResult(
+            text="".join(pieces),
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            timings=_timings(outcome, (started_ns - received_ns) / 1e6),
+        )
 
     async def _loads_settled(self) -> None:
         """Wait for the loads that started before now; their failures are their own requests'."""
@@ -252,8 +462,8 @@ class ModelService:
         """Embed on the model's worker, in turn with its prompts (it shares their thread and CPU)."""
         await self._loads_settled()
         model = self._resolve(model_id)
-        return await asyncio.get_running_loop().run_in_executor(
-            model.worker, functools.partial(model.engine_model.embed, texts, normalize=normalize)
+        return await self._on_worker(
+            model, functools.partial(model.engine_model.embed, texts, normalize=normalize)
         )
 
     # -- tokens ----------------------------------------------------------
@@ -300,14 +510,74 @@ class ModelService:
         return await asyncio.to_thread(guarded)
 
     def _resolve(self, model_id: str | None) -> LoadedModel:
+        """The model a request names (the default one if none), marked as used now."""
         if model_id is None:
             if not self._models:
                 raise NoModelLoaded("No model is loaded; call loadModel first.")
-            return self._models[next(reversed(self._models))]
-        model = self._models.get(model_id)
-        if model is None:
-            raise UnknownModelId(f"No loaded model has the id {model_id!r}.", {"modelId": model_id})
+            model = self._models[next(reversed(self._models))]
+        else:
+            found = self._models.get(model_id)
+            if found is None:
+                raise UnknownModelId(f"No loaded model has the id {model_id!r}.", {"modelId": model_id})
+            model = found
+        model.last_used = time.time()
         return model
+
+    def _session_model(self, session: Session) -> LoadedModel:
+        if session.model_id not in self._models:
+            raise UnknownModelId(
+                f"The session's model {session.model_id!r} is not loaded; "
+                f"load it again with modelId {session.model_id!r} to go on with the session.",
+                {"modelId": session.model_id},
+            )
+        session.last_used = time.monotonic()
+        model = self._resolve(session.model_id)
+        # A model loaded again under the id may have a smaller context: the session adapts.
+        session.context_size = min(session.context_size, model.facts.context_size)
+        return model
+
+    async def _on_worker(self, model: LoadedModel, job: Callable[[], _T]) -> _T:
+        """Run ``job`` on the model's worker, after the jobs queued before it."""
+        model.running_jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(model.worker, job)
+        finally:
+            model.running_jobs -= 1
+            model.last_used = time.time()
+
+    def _hand_context_to(self, model: LoadedModel, session: Session | None) -> None:
+        """Give the model's context to ``session`` (None: a one-off prompt), on the worker.
+
+        The session that held it is saved as a snapshot first, and the new one's
+        snapshot put back, so neither evaluates its history again.
+        """
+        owner = model.context_owner
+        if owner is session:
+            return
+        engine_model = model.engine_model
+        if owner is not None and not owner.closed:
+            owner.snapshot = engine_model.save_context()
+            self._trim_snapshots(model.model_id)
+        if session is not None and session.snapshot is not None:
+            engine_model.restore_context(session.snapshot)
+            session.snapshot = None  # it lives in the context now
+        model.context_owner = session
+
+    def _trim_snapshots(self, model_id: str) -> None:
+        """Drop the least recently used snapshots of a model's sessions past the cache budget.
+
+        A session without one evaluates its whole history on its next turn, once.
+        """
+        saved = sorted(
+            (session for session in self.sessions_of(model_id) if session.snapshot is not None),
+            key=lambda session: session.last_used,
+        )
+        total = sum(len(session.snapshot.kv_state) for session in saved if session.snapshot is not None)
+        for session in saved:
+            if total <= self._limits.session_cache_bytes or session.snapshot is None:
+                break
+            total -= len(session.snapshot.kv_state)
+            session.snapshot = None
 
     def _free_id(self, stem: str) -> str:
         candidate, suffix = stem, 2
@@ -321,41 +591,12 @@ class ModelService:
         return self._engine
 
 
-def _run_generation(
-    model: EngineModel,
-    request: GenerationRequest,
-    sampling: SamplingOptions,
-    on_text: Callable[[str], None],
-    should_stop: StopCheck,
-    received_ns: int,
-) -> GenerationResult:
-    """The worker-thread side of a prompt: tokenize, generate, time."""
-    started_ns = time.monotonic_ns()
-    pieces: list[str] = []
-
-    def collect(text: str) -> None:
-        pieces.append(text)
-        on_text(text)
-
-    if request.grammar is not None or request.json_schema is not None:
-        sampling = replace(sampling, grammar=model.grammar_for(request.grammar, request.json_schema))
-    if request.messages is not None:
-        tokens, template_stops = model.chat_prompt(request.messages)
-        sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))
-    else:
-        tokens = model.tokenize(request.prompt or "")
-    if should_stop():  # cancelled while queued: do not touch the model
-        outcome = GenerationOutcome("cancelled", len(tokens), 0, 0, 0)
-    else:
-        outcome = model.generate(tokens, sampling, collect, should_stop)
-    queued_ms = (started_ns - received_ns) / 1e6
-    return GenerationResult(
-        text="".join(pieces),
-        finish_reason=outcome.finish_reason,
-        prompt_tokens=outcome.prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        timings=_timings(outcome, queued_ms),
-    )
+def _append_turn(session: Session, turn: TurnPrompt, text: str, reply: str) -> None:
+    """Keep a turn that ran: the user's text and the reply as far as it got."""
+    if session.closed:
+        return
+    session.messages = (*turn.history, ChatMessage("user", text), ChatMessage("assistant", reply))
+    session.dropped_messages += turn.dropped
 
 
 def _timings(outcome: GenerationOutcome, queued_ms: float) -> Timings:

@@ -18,3 +18,7 @@ class Settings:
     model_dirs: tuple[str, ...] = ()
     # Prompt and reply text in the log: off unless debugging, since it is user data.
     log_text: bool = False
+    # Loaded models kept at once (None: no limit) and their files' total size; past
+    # either, a load unloads the least recently used model.
+    max_models: int | None = 3
+    max_model_bytes: int | None = None

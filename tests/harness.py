@@ -34,8 +34,8 @@ def validate_server_message(message: object, method_of: dict[Any, str]) -> None:
     validator_for("message.json#/$defs/ServerMessage").validate(message)
     for item in message if isinstance(message, list) else [message]:
         assert isinstance(item, dict)
-        if item.get("method") == "streamChunk":
-            validator_for("notifications/streamChunk.json#/$defs/params").validate(item["params"])
+        if "method" in item:
+            validator_for(f"notifications/{item['method']}.json#/$defs/params").validate(item["params"])
         elif "result" in item and item["id"] in method_of:
             method = method_of.pop(item["id"])  # answered: the id may be used again
             validator_for(f"methods/{method}.json#/$defs/result").validate(item["result"])
@@ -57,6 +57,7 @@ class RawSidecar:
         self.method_of: dict[Any, str] = {}
         self.messages: queue.Queue[Any] = queue.Queue()
         self._backlog: list[Any] = []
+        self.load_progress: dict[Any, list[float]] = {}
         self.stderr_lines: list[bytes] = []
         self.bad_lines: list[bytes] = []
         self._readers = [
@@ -102,8 +103,24 @@ class RawSidecar:
         return self._take(lambda _message: True, timeout)
 
     def response(self, request_id: Any, timeout: float = WAIT) -> dict[str, Any]:
-        """Wait for the response to ``request_id``; other messages stay for later calls."""
+        """Wait for the response to ``request_id``; other messages stay for later calls.
+
+        The request's ``loadProgress`` notifications (which come before its
+        response) move to ``load_progress[request_id]``.
+        """
         response: dict[str, Any] = self._take(lambda m: _is_response_to(m, request_id), timeout)
+
+        def is_its_progress(message: Any) -> bool:
+            return (
+                isinstance(message, dict)
+                and message.get("method") == "loadProgress"
+                and message["params"]["requestId"] == request_id
+            )
+
+        self.load_progress[request_id] = [
+            m["params"]["progress"] for m in self._backlog if is_its_progress(m)
+        ]
+        self._backlog = [m for m in self._backlog if not is_its_progress(m)]
         return response
 
     def request(self, method: str, params: dict[str, Any] | None = None, timeout: float = WAIT) -> Any:

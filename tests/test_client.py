@@ -35,6 +35,19 @@ def test_prompt_stream_and_errors(client: SidecarClient) -> None:
         list(failed)
 
 
+def test_sessions_through_the_client(client: SidecarClient) -> None:
+    session_id = client.create_session(systemPrompt="Be brief.")["sessionId"]
+    first = client.prompt(sessionId=session_id, text="hi", maxTokens=3, temperature=0)
+    stream = client.prompt_stream(sessionId=session_id, text="more", maxTokens=3, temperature=0)
+    streamed = "".join(chunk["content"] for chunk in stream)
+    history = client.request("getSession", {"sessionId": session_id})["messages"]
+    assert [m["content"] for m in history] == ["hi", first["text"], "more", streamed]
+    assert client.close_session(session_id) is True
+    with pytest.raises(RemoteError) as raised:
+        client.prompt(sessionId=session_id, text="gone")
+    assert raised.value.code == -32013
+
+
 def test_a_killed_sidecar_fails_pending_calls_at_once(client: SidecarClient) -> None:
     stream = client.prompt_stream("hello", temperature=0)
     next(iter(stream))

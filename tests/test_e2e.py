@@ -25,7 +25,7 @@ def _check_stream(chunks: list[dict[str, Any]], response: dict[str, Any]) -> dic
 
 def test_handshake_reports_versions_and_capabilities(raw_sidecar: RawSidecar) -> None:
     result = raw_sidecar.initialize()
-    assert result["protocolVersion"] == "1.0"
+    assert result["protocolVersion"] == "1.1"
     assert result["serverInfo"]["name"] == "llama-sidecar"
     assert result["serverInfo"]["llamaCppPythonVersion"] == "0.3.36"
     assert "promptStream" in result["capabilities"]["methods"]
@@ -41,7 +41,7 @@ def test_requests_before_initialize_are_refused(raw_sidecar: RawSidecar) -> None
 def test_unsupported_protocol_version_lists_supported(raw_sidecar: RawSidecar) -> None:
     error = raw_sidecar.error("initialize", {"protocolVersion": "2.0"})
     assert error["code"] == -32602
-    assert error["data"] == {"supported": ["1.0"], "requested": "2.0"}
+    assert error["data"] == {"supported": ["1.0", "1.1"], "requested": "2.0"}
 
 
 def test_load_list_unload(sidecar: RawSidecar, tiny_model: Path) -> None:
@@ -65,6 +65,7 @@ def test_load_list_unload(sidecar: RawSidecar, tiny_model: Path) -> None:
 def test_same_file_and_options_loaded_twice_is_one_model(sidecar: RawSidecar, tiny_model: Path) -> None:
     first = sidecar.request("loadModel", {"modelPath": str(tiny_model)})
     again = sidecar.request("loadModel", {"modelPath": str(tiny_model)})
+    assert again.pop("lastUsedAt") >= first.pop("lastUsedAt")
     assert again == first
     assert len(sidecar.request("listModels")["models"]) == 1
 

@@ -15,6 +15,7 @@ from sidecar.engine.api import (
     ChatMessage,
     GenerationOutcome,
     LoadOptions,
+    LoadProgress,
     ModelFacts,
     SamplingOptions,
     StopCheck,
@@ -78,7 +79,14 @@ class FakeEngine:
         self.pause = pause
         self.load_seconds = load_seconds
 
-    def load(self, path: str, options: LoadOptions) -> FakeModel:
+    def load(
+        self,
+        path: str,
+        options: LoadOptions,
+        *,
+        progress: LoadProgress | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> FakeModel:
         time.sleep(self.load_seconds)
         self.log.append(f"load {path}")
         model = FakeModel(self.log, self.pause)

@@ -56,6 +56,7 @@ def write_tiny_model(
     context_length: int = 2048,
     seed: int = 0,
     extra_tokens: tuple[str, ...] = (),
+    chat_template: str | None = CHAT_TEMPLATE,
 ) -> Path:
     """Write the model to ``path`` and return it.
 
@@ -65,6 +66,7 @@ def write_tiny_model(
         hidden: embedding width; 512 with 8 layers makes prompt processing slow
             enough to cancel mid-prompt.
         extra_tokens: more vocabulary entries, appended last (e.g. an extremely long token).
+        chat_template: the template in the metadata; None writes a model without one.
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary(extra_tokens)
@@ -92,7 +94,8 @@ def write_tiny_model(
     writer.add_bos_token_id(_BOS)
     writer.add_eos_token_id(_EOS)
     writer.add_add_bos_token(True)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     output = weights(vocab, hidden)
     if eos == "never":

@@ -65,6 +65,8 @@ class VectorRun:
         self.sidecar = RawSidecar(*args)
         self.streams: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         self.stream_ids: set[Any] = set()
+        self.progress: dict[Any, list[float]] = defaultdict(list)  # loadProgress values per loadModel
+        self.load_ids: set[Any] = set()
         self.pending: list[Any] = []
 
     def run(self) -> None:
@@ -89,6 +91,8 @@ class VectorRun:
             message = step["send"]
             if isinstance(message, dict) and message.get("method") == "promptStream" and "id" in message:
                 self.stream_ids.add(message["id"])
+            if isinstance(message, dict) and message.get("method") == "loadModel" and "id" in message:
+                self.load_ids.add(message["id"])
             self.sidecar.send(message)
         elif "sendRaw" in step:
             self.sidecar.send_bytes(step["sendRaw"].encode() + b"\n")
@@ -113,7 +117,7 @@ class VectorRun:
             raise AssertionError(f"unknown step {step}")
 
     def _next(self) -> Any:
-        """The next message that is not a stream chunk, checking stream invariants on the way."""
+        """The next message that is not a chunk or progress, checking their invariants on the way."""
         if self.pending:
             return self.pending.pop(0)
         while True:
@@ -128,7 +132,13 @@ class VectorRun:
                 self.pending.append(message)
 
     def _absorb(self, message: Any) -> bool:
-        """Record a chunk (False) or check a response against its stream (True)."""
+        """Record a chunk or a load's progress (False), or check a response against them (True)."""
+        if isinstance(message, dict) and message.get("method") == "loadProgress":
+            params = message["params"]
+            values = self.progress[params["requestId"]]
+            assert not values or params["progress"] > values[-1], f"progress went back: {params}"
+            values.append(params["progress"])
+            return False
         if isinstance(message, dict) and message.get("method") == "streamChunk":
             params = message["params"]
             chunks = self.streams[params["requestId"]]
@@ -140,4 +150,9 @@ class VectorRun:
             if isinstance(item, dict) and item.get("id") in self.stream_ids and "error" not in item:
                 chunks = self.streams[item["id"]]
                 assert chunks and chunks[-1]["isFinal"], f"response before the final chunk: {item}"
+            if isinstance(item, dict) and item.get("id") in self.load_ids:
+                self.load_ids.discard(item["id"])
+                values = self.progress.pop(item["id"], [])
+                if "result" in item:
+                    assert values and values[-1] == 1, f"loadModel answered before loadProgress 1: {values}"
         return True

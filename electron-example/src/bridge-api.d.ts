@@ -5,16 +5,16 @@
  * in ipc.ts (the sandboxed preload repeats them; a test keeps them equal).
  */
 
-/** One turn of the chat as the renderer keeps it. */
+/** One turn of the chat as the renderer shows it. */
 export interface ChatTurn {
   readonly role: 'user' | 'assistant';
   readonly content: string;
 }
 
-/** Where the model is: not asked for yet, loading, ready to chat, or failed. */
+/** Where the model is: not asked for yet, loading (with its progress, 0 to 1), ready to chat, or failed. */
 export type ModelState =
   | { readonly state: 'idle' }
-  | { readonly state: 'loading' }
+  | { readonly state: 'loading'; readonly progress: number }
   | { readonly state: 'ready'; readonly modelName: string }
   | { readonly state: 'error'; readonly message: string };
 
@@ -33,12 +33,19 @@ export type LlmEvent =
 
 /** `window.llm`: named functions only; nothing of Electron or Node reaches the page. */
 export interface LlmBridge {
-  /** Load the app's model; progress arrives as `model` events. */
+  /** Load the app's model and open the chat; progress arrives as `model` events. */
   loadDefaultModel(): Promise<ModelState>;
-  /** Start streaming the assistant's reply to `turns` (the last is the user's); returns the stream's id. */
-  send(turns: readonly ChatTurn[]): Promise<number>;
-  /** Stop a stream; its `done` event then says "cancelled". False when it already ended. */
+  /**
+   * Send the user's next message; main keeps the conversation (a chat session), so the reply
+   * follows every earlier turn. Returns the id of the reply's stream; one reply at a time.
+   */
+  send(text: string): Promise<number>;
+  /** Stop a stream; its `done` event then says "cancelled" (the chat keeps the reply so far). False when it already ended. */
   stop(streamId: number): Promise<boolean>;
+  /** Start a new chat: stops a running reply and clears the conversation. */
+  newChat(): Promise<void>;
+  /** The conversation so far (to show it again after a reload). */
+  history(): Promise<ChatTurn[]>;
   /** Receive every event; returns the unsubscribe function. */
   onEvent(listener: (event: LlmEvent) => void): () => void;
 }

@@ -1,25 +1,30 @@
 /**
  * The main process's side of `window.llm`: IPC handlers that validate every
- * argument, run prompts on the `LlmService`, and stream events back.
+ * argument, run the chat on the `LlmService`, and stream events back.
  *
- * Each `send` becomes one `promptStream` with its own AbortController, so
- * `stop` cancels exactly that stream; chunks, the final stats and errors go to
- * the renderer through `emit` (webContents.send in the app, a test bridge in
- * the browser test). It takes Electron's `ipcMain` as an argument, so it runs
- * and is tested without Electron; it knows nothing of windows or the DOM.
+ * Loading the model reports its progress as `model` events and opens a chat
+ * session on it; main keeps the conversation there, so the renderer sends only
+ * the user's next message. Each `send` becomes one `session.promptStream` with
+ * its own AbortController, so `stop` cancels exactly that stream; `newChat`
+ * stops it and resets the session. Chunks, the final stats and errors go to the
+ * renderer through `emit` (webContents.send in the app, a test bridge in the
+ * browser test). It takes Electron's `ipcMain` as an argument, so it runs and
+ * is tested without Electron; it knows nothing of windows or the DOM.
  */
 
 import type { ChatTurn, LlmEvent, ModelState } from './bridge-api.js';
-import type { LlmService, LoadModelOptions, PromptOptions } from './client/index.js';
+import type { ChatSession, LlmService, LoadModelOptions, SessionPromptOptions } from './client/index.js';
 
 export const CHANNELS = {
   loadDefaultModel: 'llm:load-default-model',
   send: 'llm:send',
   stop: 'llm:stop',
+  newChat: 'llm:new-chat',
+  history: 'llm:history',
   event: 'llm:event',
 } as const;
 
-export const LIMITS = { turns: 200, turnChars: 32_000, totalChars: 200_000 } as const;
+export const LIMITS = { messageChars: 32_000 } as const;
 
 /** The part of an IPC event this module reads: which frame sent it. */
 export interface InvokeEvent {
@@ -32,22 +37,31 @@ export interface IpcMainLike {
   removeHandler(channel: string): void;
 }
 
+/** The part of a chat session this module uses. */
+export type ChatSessionLike = Pick<ChatSession, 'promptStream' | 'reset' | 'getHistory' | 'close'>;
+
 export interface LlmIpcOptions {
-  readonly service: Pick<LlmService, 'loadModel' | 'promptStream'>;
+  readonly service: {
+    loadModel: LlmService['loadModel'];
+    createSession(...args: Parameters<LlmService['createSession']>): Promise<ChatSessionLike>;
+  };
   /** What `loadDefaultModel` loads: "default" (the embedded SmolLM2) in the app. */
   readonly model: string | LoadModelOptions;
-  /** Sampling the renderer cannot change: it only sends the conversation. */
-  readonly sampling: Pick<PromptOptions, 'maxTokens' | 'temperature' | 'topK' | 'topP' | 'seed'>;
+  /** The chat's system prompt, if any (the renderer cannot change it). */
+  readonly systemPrompt?: string;
+  /** Sampling the renderer cannot change: it only sends the user's messages. */
+  readonly sampling: Pick<SessionPromptOptions, 'maxTokens' | 'temperature' | 'topK' | 'topP' | 'seed'>;
   readonly emit: (event: LlmEvent) => void;
   /** Whether an IPC call comes from the app's own page (not a navigated-to or injected frame). */
   readonly isTrustedSender: (event: InvokeEvent) => boolean;
 }
 
-/** Register the handlers; returns the function that removes them. */
+/** Register the handlers; returns the function that removes them (and closes the chat). */
 export function registerLlmIpc(ipcMain: IpcMainLike, options: LlmIpcOptions): () => void {
   const streams = new Map<number, AbortController>();
   let nextStreamId = 1;
   let loading: Promise<ModelState> | undefined;
+  let session: ChatSessionLike | undefined;
 
   const guarded =
     (handler: (args: unknown[]) => unknown) =>
@@ -56,11 +70,16 @@ export function registerLlmIpc(ipcMain: IpcMainLike, options: LlmIpcOptions): ()
       return handler(args);
     };
 
+  const chat = (): ChatSessionLike => {
+    if (session === undefined) throw new Error('the model is not loaded yet');
+    return session;
+  };
+
   ipcMain.handle(
     CHANNELS.loadDefaultModel,
     guarded((args) => {
       expectArgCount(args, 0);
-      loading ??= loadModel(options).catch((error: unknown) => {
+      loading ??= loadModel(options, (opened) => (session = opened)).catch((error: unknown) => {
         loading = undefined; // a later click may try again
         throw error;
       });
@@ -72,11 +91,13 @@ export function registerLlmIpc(ipcMain: IpcMainLike, options: LlmIpcOptions): ()
     CHANNELS.send,
     guarded((args) => {
       expectArgCount(args, 1);
-      const turns = parseTurns(args[0]);
+      const text = parseMessage(args[0]);
+      const current = chat();
+      if (streams.size > 0) throw new Error('a reply is still streaming: stop it or wait for it');
       const streamId = nextStreamId++;
       const controller = new AbortController();
       streams.set(streamId, controller);
-      void runStream(options, streamId, turns, controller.signal).finally(() => streams.delete(streamId));
+      void runStream(options, current, streamId, text, controller.signal).finally(() => streams.delete(streamId));
       return streamId;
     }),
   );
@@ -91,16 +112,45 @@ export function registerLlmIpc(ipcMain: IpcMainLike, options: LlmIpcOptions): ()
     }),
   );
 
+  ipcMain.handle(
+    CHANNELS.newChat,
+    guarded(async (args) => {
+      expectArgCount(args, 0);
+      const current = chat();
+      for (const controller of streams.values()) controller.abort();
+      await current.reset(); // after the stopped reply: the session runs one call at a time
+    }),
+  );
+
+  ipcMain.handle(
+    CHANNELS.history,
+    guarded(async (args): Promise<ChatTurn[]> => {
+      expectArgCount(args, 0);
+      if (session === undefined) return [];
+      return (await session.getHistory()).map(({ role, content }) => ({ role, content }));
+    }),
+  );
+
   return () => {
-    for (const channel of [CHANNELS.loadDefaultModel, CHANNELS.send, CHANNELS.stop]) ipcMain.removeHandler(channel);
+    for (const channel of [CHANNELS.loadDefaultModel, CHANNELS.send, CHANNELS.stop, CHANNELS.newChat, CHANNELS.history])
+      ipcMain.removeHandler(channel);
     for (const controller of streams.values()) controller.abort();
+    void session?.close().catch(() => undefined);
   };
 }
 
-async function loadModel({ service, model, emit }: LlmIpcOptions): Promise<ModelState> {
-  emit({ type: 'model', model: { state: 'loading' } });
+async function loadModel(
+  { service, model, systemPrompt, emit }: LlmIpcOptions,
+  opened: (session: ChatSessionLike) => void,
+): Promise<ModelState> {
+  emit({ type: 'model', model: { state: 'loading', progress: 0 } });
   try {
-    const info = await service.loadModel(model);
+    const info = await service.loadModel(model, {
+      onLoadProgress: (progress) => emit({ type: 'model', model: { state: 'loading', progress } }),
+    });
+    opened(
+      await service.createSession({ modelId: info.modelId, ...(systemPrompt === undefined ? {} : { systemPrompt }) }),
+    );
     const ready: ModelState = { state: 'ready', modelName: info.name ?? info.modelId };
     emit({ type: 'model', model: ready });
     return ready;
@@ -112,18 +162,19 @@ async function loadModel({ service, model, emit }: LlmIpcOptions): Promise<Model
 
 async function runStream(
   options: LlmIpcOptions,
+  session: ChatSessionLike,
   streamId: number,
-  turns: ChatTurn[],
+  text: string,
   signal: AbortSignal,
 ): Promise<void> {
-  const { service, sampling, emit } = options;
+  const { sampling, emit } = options;
   try {
-    const result = await service.promptStream(
-      '',
+    const result = await session.promptStream(
+      text,
       (chunk) => {
         if (!chunk.isFinal) emit({ type: 'chunk', streamId, index: chunk.index, content: chunk.content });
       },
-      { ...sampling, messages: turns, signal },
+      { ...sampling, signal },
     );
     const { finishReason, usage, timings } = result;
     emit({
@@ -143,28 +194,13 @@ function expectArgCount(args: unknown[], count: number): void {
   if (args.length !== count) throw new TypeError(`expected ${count} argument(s), got ${args.length}`);
 }
 
-/** The conversation from the renderer: a bounded array of {role, content}, ending with the user's turn. */
-export function parseTurns(value: unknown): ChatTurn[] {
-  if (!Array.isArray(value) || value.length === 0 || value.length > LIMITS.turns) {
-    throw new TypeError(`turns must be an array of 1 to ${LIMITS.turns} turns`);
+/** The user's message from the renderer: a non-blank string of bounded length. */
+export function parseMessage(value: unknown): string {
+  if (typeof value !== 'string' || value.length > LIMITS.messageChars) {
+    throw new TypeError(`the message must be a string of at most ${LIMITS.messageChars} characters`);
   }
-  let total = 0;
-  const turns = value.map((turn: unknown, i): ChatTurn => {
-    if (typeof turn !== 'object' || turn === null || Object.keys(turn).sort().join() !== 'content,role') {
-      throw new TypeError(`turn ${i} must be {role, content}`);
-    }
-    const { role, content } = turn as Record<string, unknown>;
-    if (role !== 'user' && role !== 'assistant') throw new TypeError(`turn ${i}: role must be "user" or "assistant"`);
-    if (typeof content !== 'string' || content.length > LIMITS.turnChars) {
-      throw new TypeError(`turn ${i}: content must be a string of at most ${LIMITS.turnChars} characters`);
-    }
-    total += content.length;
-    return { role, content };
-  });
-  if (total > LIMITS.totalChars) throw new TypeError(`the conversation exceeds ${LIMITS.totalChars} characters`);
-  if (turns.at(-1)?.role !== 'user' || turns.at(-1)?.content.trim() === '')
-    throw new TypeError('the last turn must be a non-empty user turn');
-  return turns;
+  if (value.trim() === '') throw new TypeError('the message must not be blank');
+  return value;
 }
 
 export function parseStreamId(value: unknown): number {

@@ -1,6 +1,8 @@
 /**
  * The Electron main process: owns the `LlmService` (and so the sidecar),
- * opens the locked-down window, and wires `window.llm`'s IPC to the service.
+ * opens the locked-down window, and wires `window.llm`'s IPC to the service:
+ * loading the model (with its progress) opens the window's chat session, which
+ * keeps the conversation, so each message the page sends is one more turn.
  *
  * Unpackaged, the sidecar is this repository's venv python (`-m sidecar`);
  * packaged, it is the executable shipped in resources/sidecar (see
@@ -47,6 +49,7 @@ async function openWindow(): Promise<void> {
   const unregister = registerLlmIpc(ipcMain, {
     service,
     model: 'default',
+    systemPrompt: 'You are a helpful assistant. Answer briefly.',
     sampling: { maxTokens: 512, temperature: 0.7 },
     emit: (event) => {
       if (!window.isDestroyed()) window.webContents.send(CHANNELS.event, event);

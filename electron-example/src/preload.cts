@@ -1,6 +1,6 @@
 /**
  * The preload script (sandboxed, so CommonJS and no imports but Electron's):
- * exposes `window.llm` — four named functions over IPC — through the context
+ * exposes `window.llm` — six named functions over IPC — through the context
  * bridge. The page gets no Electron object, no `ipcRenderer`, no event objects:
  * listeners receive the event payload only. The channel names repeat those in
  * ipc.ts because a sandboxed preload cannot load local modules; a test checks
@@ -14,6 +14,8 @@ const CHANNELS = {
   loadDefaultModel: 'llm:load-default-model',
   send: 'llm:send',
   stop: 'llm:stop',
+  newChat: 'llm:new-chat',
+  history: 'llm:history',
   event: 'llm:event',
 } as const;
 
@@ -21,8 +23,10 @@ const { contextBridge, ipcRenderer } = electron;
 
 const llm: LlmBridge = {
   loadDefaultModel: () => ipcRenderer.invoke(CHANNELS.loadDefaultModel),
-  send: (turns) => ipcRenderer.invoke(CHANNELS.send, turns),
+  send: (text) => ipcRenderer.invoke(CHANNELS.send, text),
   stop: (streamId) => ipcRenderer.invoke(CHANNELS.stop, streamId),
+  newChat: () => ipcRenderer.invoke(CHANNELS.newChat),
+  history: () => ipcRenderer.invoke(CHANNELS.history),
   onEvent: (listener) => {
     const forward = (_event: unknown, payload: LlmEvent): void => listener(payload);
     ipcRenderer.on(CHANNELS.event, forward);

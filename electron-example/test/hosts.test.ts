@@ -14,22 +14,47 @@ import { devSidecarCommand, GREEDY, PACKAGE_DIR, tempDir, TEST_LOAD, writeTinyMo
 
 const run = promisify(execFile);
 
+/** Run `npm run chat`'s script with `args`, `input` on its stdin (then closed); its stdout. */
+async function runChat(args: readonly string[], input: string): Promise<string> {
+  const running = run(process.execPath, ['--import', 'tsx', path.join('src', 'chat.ts'), ...args], {
+    cwd: PACKAGE_DIR,
+    timeout: 60_000,
+  });
+  running.child.stdin?.end(input);
+  return (await running).stdout;
+}
+
+const STATS = /^\[5 tokens, [\d.]+ tokens\/s, time to first token \d+ ms, finish: length\]$/;
+
 test('npm run chat streams the reply, then prints tokens/s and time to first token', async () => {
   const models = tempDir();
   try {
     const tiny = await writeTinyModel(models.dir, 'tiny');
-    const { stdout } = await run(
-      process.execPath,
-      ['--import', 'tsx', path.join('src', 'chat.ts'), '--model', tiny, '--max-tokens', '5', 'hello'],
-      {
-        cwd: PACKAGE_DIR,
-        timeout: 60_000,
-      },
-    );
+    const stdout = await runChat(['--model', tiny, '--max-tokens', '5', 'hello'], '');
     const lines = stdout.trimEnd().split('\n');
     assert.match(lines[0] ?? '', /^\[tiny-random-llama: loaded in \d+ ms\]$/);
     assert.equal(lines[1], '> hello');
-    assert.match(lines.at(-1) ?? '', /^\[5 tokens, [\d.]+ tokens\/s, time to first token \d+ ms, finish: length\]$/);
+    assert.match(lines.at(-1) ?? '', STATS);
+  } finally {
+    models.remove();
+  }
+});
+
+test('npm run chat is a chat: each line of stdin is the next turn; /reset starts a new chat', async () => {
+  const models = tempDir();
+  try {
+    const tiny = await writeTinyModel(models.dir, 'tiny');
+    const stdout = await runChat(
+      ['--model', tiny, '--max-tokens', '5', '--system', 'be brief', 'hello'],
+      'and then?\n\n/reset\nagain\n',
+    );
+    const lines = stdout.trimEnd().split('\n');
+    assert.deepEqual(
+      lines.filter((line) => line.startsWith('> ') || line === '[new chat]'),
+      ['> hello', '> and then?', '[new chat]', '> again'],
+    );
+    assert.equal(lines.filter((line) => STATS.test(line)).length, 3, stdout);
+    assert.match(lines.at(-1) ?? '', STATS);
   } finally {
     models.remove();
   }

@@ -3,20 +3,14 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import path, { join } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import {
-  type LlmChunk,
-  LlmService,
-  type LlmServiceOptions,
-  LLMServiceError,
-  WorkerTimeoutError,
-} from '../src/client/index.js';
+import { type LlmChunk, LlmService, LLMServiceError, WorkerTimeoutError } from '../src/client/index.js';
+import { FAKE_SIDECAR, fakeService } from './helpers/fake-service.js';
 import {
   devSidecarCommand,
   GREEDY,
-  PACKAGE_DIR,
   recordingLogger,
   running,
   tempDir,
@@ -24,26 +18,6 @@ import {
   until,
   writeTinyModel,
 } from './helpers/sidecar.js';
-
-const FAKE_SIDECAR = path.join(PACKAGE_DIR, 'test', 'fixtures', 'fake-sidecar.mjs');
-
-function fakeService(
-  mode: string,
-  options: Partial<LlmServiceOptions> = {},
-): { service: LlmService; received: () => string[] } {
-  const { logger, entries } = recordingLogger();
-  const service = new LlmService({
-    sidecar: { command: process.execPath, args: [FAKE_SIDECAR, mode] },
-    logger,
-    workerTimeoutMs: 300,
-    closeGraceMs: 300,
-    restart: { initialDelayMs: 10 },
-    ...options,
-  });
-  const received = (): string[] =>
-    entries.flatMap((e) => /fake (\d+) received (.*)$/.exec(e.message)?.slice(1, 3).join(' ') ?? []);
-  return { service, received };
-}
 
 describe('LlmService on the real sidecar', () => {
   const models = tempDir();

@@ -16,11 +16,13 @@ test('every method schema has a typed entry, with the titled params and result t
     ['loadModel', 'LoadModelParams', 'LoadModelResult'],
     ['promptStream', 'PromptStreamParams', 'PromptStreamResult'],
     ['cancel', 'CancelParams', 'CancelResult'],
+    ['createSession', 'CreateSessionParams', 'CreateSessionResult'],
+    ['setSessionHistory', 'SetSessionHistoryParams', 'SetSessionHistoryResult'],
   ] as const) {
     assert.match(generated, new RegExp(`  ${method}: \\{\\n    params: ${params};\\n    result: ${result};`));
   }
   assert.match(
     generated,
-    /export interface ProtocolNotifications \{\n  downloadProgress: DownloadProgressParams;\n  streamChunk: StreamChunkParams;/,
+    /export interface ProtocolNotifications \{\n  downloadProgress: DownloadProgressParams;\n  loadProgress: LoadProgressParams;\n  streamChunk: StreamChunkParams;/,
   );
 });

@@ -3,7 +3,8 @@
  * playwright-core), with Electron replaced by a bridge: the built preload runs
  * in the page against a stand-in `ipcRenderer` whose `invoke` reaches main's
  * real IPC handlers (ipc.ts) in this process, and whose events come from them.
- * Behind those handlers is a real LlmService, sidecar and tiny model. Skipped,
+ * Behind those handlers is a real LlmService, sidecar and tiny model, and a
+ * chat session per page. Skipped,
  * saying why, when Chromium is not installed.
  */
 
@@ -41,6 +42,44 @@ const CHROMIUM_ARGS = [
 const RENDERER_DIR = path.join(PACKAGE_DIR, 'dist', 'renderer');
 const TYPES: Readonly<Record<string, string>> = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css' };
 const WAIT = { timeout: 30_000 };
+
+/** Records, from before the page's script runs, every change of the load progress bar's value and visibility. */
+const PROGRESS_RECORDER = `(() => {
+  const seen = [];
+  Object.defineProperty(window, '__progress', { value: seen });
+  new MutationObserver((records) => {
+    for (const record of records) {
+      if (record.target.id !== 'load-progress') continue;
+      seen.push({ value: record.target.getAttribute('value'), hidden: record.target.hidden });
+    }
+  }).observe(document, { subtree: true, attributes: true, attributeFilter: ['value', 'hidden'] });
+})();`;
+
+interface ProgressChange {
+  readonly value: string | null;
+  readonly hidden: boolean;
+}
+
+/** The turns the page shows, in order. */
+async function shownTurns(page: Page): Promise<{ role: string; content: string }[]> {
+  return page.$$eval('.turn', (bubbles) =>
+    bubbles.map((bubble) => ({
+      role: bubble.classList.contains('user') ? 'user' : 'assistant',
+      content: bubble.textContent ?? '',
+    })),
+  );
+}
+
+/** Send `text` from the page and wait for its reply's stats line. */
+async function sendAndWait(page: Page, text: string): Promise<void> {
+  await page.fill('#prompt', text);
+  await page.click('#send');
+  await page.waitForFunction(
+    () => document.getElementById('stats')?.textContent?.includes('tokens/s'),
+    undefined,
+    WAIT,
+  );
+}
 
 const skip = existsSync(CHROMIUM)
   ? false
@@ -141,41 +180,92 @@ describe('the chat page in headless Chromium, driving the real client', () => {
     await page.addInitScript({
       content: electronStandIn(readFileSync(path.join(PACKAGE_DIR, 'dist', 'preload.cjs'), 'utf8')),
     });
+    await page.addInitScript({ content: PROGRESS_RECORDER });
     await page.goto(pageUrl);
     await page.waitForSelector('#model-state[data-state="ready"]', WAIT);
     return page;
   }
 
-  test('the page loads the model, shows the reply as it streams, then tokens/s', { skip }, async () => {
-    const sampling = { maxTokens: 40, temperature: 0, seed: 1 };
-    const page = await openChat(sampling);
-    assert.match((await page.textContent('#model-state')) ?? '', /Ready: tiny-random-llama/);
-    await page.evaluate(() => {
-      const seen: number[] = [];
-      Object.assign(window, { seenLengths: seen });
-      new MutationObserver(() =>
-        seen.push(document.querySelector('.turn.assistant')?.textContent?.length ?? 0),
-      ).observe(document.getElementById('transcript') as Node, { subtree: true, childList: true, characterData: true });
-    });
-    await page.fill('#prompt', 'hello there');
-    await page.click('#send');
-    await page.waitForFunction(
-      () => document.getElementById('stats')?.textContent?.includes('tokens/s'),
-      undefined,
-      WAIT,
-    );
+  test(
+    'the page shows a progress bar while the model loads, then the reply as it streams, then tokens/s',
+    { skip },
+    async () => {
+      const sampling = { maxTokens: 40, temperature: 0, seed: 1 };
+      const page = await openChat(sampling);
+      assert.match((await page.textContent('#model-state')) ?? '', /Ready: tiny-random-llama/);
+      // The first page loads the model: the bar showed, rose to 1, then hid.
+      const progress = await page.evaluate(() => (window as unknown as { __progress: ProgressChange[] }).__progress);
+      const values = progress.flatMap((change) => (change.value === null ? [] : [Number(change.value)]));
+      assert.ok(
+        progress.some((change) => !change.hidden),
+        `the bar was shown: ${JSON.stringify(progress)}`,
+      );
+      assert.deepEqual(
+        values,
+        [...values].sort((a, b) => a - b),
+        'the bar only moves forward',
+      );
+      assert.equal(values.at(-1), 1, `the bar reached 1: ${JSON.stringify(progress)}`);
+      assert.equal(await page.isHidden('#load-progress'), true, 'the bar hides once the model is ready');
 
-    const shown = await page.textContent('.turn.assistant');
-    const expected = await service.prompt('hello there', sampling);
-    assert.equal(shown, expected, 'the page shows exactly the reply');
-    const lengths = await page.evaluate(() => (window as unknown as { seenLengths: number[] }).seenLengths);
-    assert.ok(new Set(lengths.filter((n) => n > 0)).size > 1, `the text grew in steps: ${lengths.join(',')}`);
-    assert.match(
-      (await page.textContent('#stats')) ?? '',
-      /^40 tokens · [\d.]+ tokens\/s · first token \d+ ms · length$/,
+      await page.evaluate(() => {
+        const seen: number[] = [];
+        Object.assign(window, { seenLengths: seen });
+        new MutationObserver(() =>
+          seen.push(document.querySelector('.turn.assistant')?.textContent?.length ?? 0),
+        ).observe(document.getElementById('transcript') as Node, {
+          subtree: true,
+          childList: true,
+          characterData: true,
+        });
+      });
+      await sendAndWait(page, 'hello there');
+
+      const shown = await page.textContent('.turn.assistant');
+      const expected = await service.prompt('hello there', sampling);
+      assert.equal(shown, expected, 'the page shows exactly the reply');
+      const lengths = await page.evaluate(() => (window as unknown as { seenLengths: number[] }).seenLengths);
+      assert.ok(new Set(lengths.filter((n) => n > 0)).size > 1, `the text grew in steps: ${lengths.join(',')}`);
+      assert.match(
+        (await page.textContent('#stats')) ?? '',
+        /^40 tokens · [\d.]+ tokens\/s · first token \d+ ms · length$/,
+      );
+      assert.equal(await page.isDisabled('#stop'), true);
+      assert.equal(await page.isEnabled('#send'), true);
+      await page.close();
+    },
+  );
+
+  test('a second message continues the chat: main keeps the conversation, as the page shows it', { skip }, async () => {
+    const page = await openChat({ maxTokens: 12, temperature: 0, seed: 1 });
+    await sendAndWait(page, 'hello there');
+    await sendAndWait(page, 'and what then?');
+    const turns = await shownTurns(page);
+    assert.deepEqual(
+      turns.map((turn) => turn.role),
+      ['user', 'assistant', 'user', 'assistant'],
     );
-    assert.equal(await page.isDisabled('#stop'), true);
-    assert.equal(await page.isEnabled('#send'), true);
+    assert.deepEqual(
+      turns.filter((turn) => turn.role === 'user').map((turn) => turn.content),
+      ['hello there', 'and what then?'],
+    );
+    assert.ok(turns.every((turn) => turn.content.length > 0));
+    // The chat main keeps (the session's history) is exactly what the page shows.
+    assert.deepEqual(await page.evaluate(() => window.llm.history()), turns);
+    await page.close();
+  });
+
+  test('New chat clears the page and the conversation; the next message starts afresh', { skip }, async () => {
+    const page = await openChat({ maxTokens: 6, temperature: 0, seed: 1 });
+    await sendAndWait(page, 'first chat');
+    await page.click('#new-chat');
+    await page.waitForFunction(() => document.querySelectorAll('.turn').length === 0, undefined, WAIT);
+    assert.deepEqual(await page.evaluate(() => window.llm.history()), []);
+    assert.equal(await page.textContent('#stats'), '');
+    await sendAndWait(page, 'second chat');
+    const turns = await shownTurns(page);
+    assert.deepEqual(turns.map((turn) => turn.content).slice(0, 1), ['second chat']);
+    assert.deepEqual(await page.evaluate(() => window.llm.history()), turns);
     await page.close();
   });
 
@@ -201,13 +291,19 @@ describe('the chat page in headless Chromium, driving the real client', () => {
     assert.ok(tokens > 0 && tokens < 1500, `stopped after ${tokens} tokens`);
     assert.ok(((await page.textContent('.turn.assistant')) ?? '').length > 0);
     assert.equal(await page.isDisabled('#stop'), true);
+    // The chat keeps the stopped reply as far as the page shows it.
+    assert.deepEqual(await page.evaluate(() => window.llm.history()), await shownTurns(page));
     await page.close();
   });
 
-  test('after a reload the page still shows the loaded model', { skip }, async () => {
-    const page = await openChat({ maxTokens: 1 });
+  test('after a reload the page still shows the loaded model and the conversation', { skip }, async () => {
+    const page = await openChat({ maxTokens: 4, temperature: 0, seed: 1 });
+    await sendAndWait(page, 'remember me');
+    const before = await shownTurns(page);
     await page.reload();
     await page.waitForSelector('#model-state[data-state="ready"]', WAIT);
+    await page.waitForFunction(() => document.querySelectorAll('.turn').length === 2, undefined, WAIT);
+    assert.deepEqual(await shownTurns(page), before);
     assert.equal(await page.isEnabled('#send'), true);
     await page.close();
   });
@@ -224,7 +320,7 @@ describe('the chat page in headless Chromium, driving the real client', () => {
       require: 'undefined',
       process: 'undefined',
       module: 'undefined',
-      llm: ['loadDefaultModel', 'onEvent', 'send', 'stop'],
+      llm: ['history', 'loadDefaultModel', 'newChat', 'onEvent', 'send', 'stop'],
     });
     const violated = await page.evaluate(
       () =>

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   type DownloadProgressParams,
   LLMServiceError,
+  type LoadProgressParams,
   SidecarClient,
   type StreamChunkParams,
 } from '../src/client/index.js';
@@ -17,11 +18,12 @@ describe('SidecarClient on the real sidecar', () => {
   const models = tempDir();
   const { logger } = recordingLogger();
   let client: SidecarClient;
+  const progress: LoadProgressParams[] = [];
 
   before(async () => {
     const tiny = await writeTinyModel(models.dir, 'tiny');
     client = await SidecarClient.spawn({ ...devSidecarCommand(), logger });
-    await client.loadModel({ modelPath: tiny, ...TEST_LOAD });
+    await client.loadModel({ modelPath: tiny, ...TEST_LOAD }, { onLoadProgress: (p) => progress.push(p) });
   });
   after(async () => {
     await client.close();
@@ -30,7 +32,7 @@ describe('SidecarClient on the real sidecar', () => {
 
   test('spawn initializes the sidecar before it returns', () => {
     assert.equal(client.info?.serverInfo.name, 'llama-sidecar');
-    assert.equal(client.info?.protocolVersion, '1.0');
+    assert.equal(client.info?.protocolVersion, '1.1');
     assert.ok(client.info?.capabilities.methods.includes('promptStream'));
   });
 
@@ -113,6 +115,78 @@ describe('SidecarClient on the real sidecar', () => {
     });
   });
 
+  test('loadModel sends its progress to onLoadProgress: rising, with its own request id, ending with 1', () => {
+    assert.ok(progress.length >= 1);
+    const values = progress.map((p) => p.progress);
+    assert.ok(
+      values.every((v, i) => v >= 0 && v <= 1 && (i === 0 || v > (values[i - 1] ?? 1))),
+      `not rising: ${values.join(', ')}`,
+    );
+    assert.equal(values.at(-1), 1);
+    assert.equal(new Set(progress.map((p) => p.requestId)).size, 1);
+  });
+
+  test('session methods: create, prompt with sessionId and text, get, set history, reset, close', async () => {
+    const created = await client.createSession({ systemPrompt: 'be brief', contextSize: 1024 });
+    const { sessionId } = created;
+    assert.deepEqual(created, {
+      sessionId,
+      modelId: 'tiny',
+      systemPrompt: 'be brief',
+      contextSize: 1024,
+      messages: [],
+      droppedMessages: 0,
+    });
+    const chunks: StreamChunkParams[] = [];
+    const first = await client.promptStream({ sessionId, text: 'hi', maxTokens: 6, ...GREEDY }, (c) => chunks.push(c));
+    assert.equal(chunks.map((c) => c.content).join(''), first.text);
+    const second = await client.prompt({ sessionId, text: 'and then?', maxTokens: 6, ...GREEDY });
+    assert.ok(second.usage.promptTokens > first.usage.promptTokens, 'the second turn follows the first');
+    assert.deepEqual((await client.getSession({ sessionId })).messages, [
+      { role: 'user', content: 'hi' },
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: 'and then?' },
+      { role: 'assistant', content: second.text },
+    ]);
+    assert.deepEqual((await client.listModels()).models[0]?.sessions, [sessionId]);
+    const saved = [
+      { role: 'user', content: 'a saved chat' },
+      { role: 'assistant', content: 'restored' },
+    ] as const;
+    const set = await client.setSessionHistory({ sessionId, messages: [...saved] });
+    assert.deepEqual(set.messages, saved);
+    const reset = await client.resetSession({ sessionId });
+    assert.deepEqual([reset.messages, reset.systemPrompt], [[], 'be brief']);
+    assert.deepEqual(await client.closeSession({ sessionId }), { closed: true });
+    assert.deepEqual(await client.closeSession({ sessionId }), { closed: false });
+    assert.deepEqual((await client.listModels()).models[0]?.sessions, []);
+  });
+
+  test('an unknown session id is UnknownSessionId (-32013), with the id as data', async () => {
+    const sessionId = 'no-such-session';
+    const chunks: StreamChunkParams[] = [];
+    const calls = [
+      client.getSession({ sessionId }),
+      client.resetSession({ sessionId }),
+      client.setSessionHistory({ sessionId, messages: [] }),
+      client.prompt({ sessionId, text: 'hi' }),
+      client.promptStream({ sessionId, text: 'hi' }, (c) => chunks.push(c)),
+    ];
+    for (const call of calls) {
+      await assert.rejects(call, (error: unknown) => {
+        assert.ok(error instanceof LLMServiceError);
+        assert.equal(error.code, -32013);
+        assert.deepEqual(error.data, { sessionId });
+        return true;
+      });
+    }
+    // A failed stream ends with one final chunk saying "error", then the error response.
+    assert.deepEqual(
+      chunks.map((c) => [c.isFinal, c.finishReason]),
+      [[true, 'error']],
+    );
+  });
+
   test('ping, listModels, cancel of an unknown id', async () => {
     assert.deepEqual(await client.ping(), {});
     assert.deepEqual(
@@ -150,7 +224,7 @@ test('a command that does not exist fails with SPAWN_FAILED', async () => {
   });
 });
 
-test('each typed callback gets only its own notification method: chunks to onChunk, progress to onProgress', async () => {
+test('each typed callback gets only its own notification method: chunks to onChunk, progress to onProgress and onLoadProgress', async () => {
   const transport = new MemoryTransport();
   transport.respond = (message) => {
     const { id, method } = message as { id: number; method: string };
@@ -163,7 +237,14 @@ test('each typed callback gets only its own notification method: chunks to onChu
       note('downloadProgress', { bytes: 9, total: 9, bytesPerSecond: 2 });
       transport.deliver({ jsonrpc: '2.0', id, result: { complete: true } });
     }
+    if (method === 'loadModel') {
+      note('loadProgress', { progress: 0.5 });
+      note('downloadProgress', { bytes: 1, bytesPerSecond: 1 });
+      note('loadProgress', { progress: 1 });
+      transport.deliver({ jsonrpc: '2.0', id, result: { modelId: 'm' } });
+    }
     if (method === 'promptStream') {
+      note('loadProgress', { progress: 0.5 });
       note('downloadProgress', { bytes: 1, bytesPerSecond: 1 });
       note('streamChunk', { index: 0, content: '', isFinal: true, timestamp: 0 });
       transport.deliver({ jsonrpc: '2.0', id, result: { text: '' } });
@@ -181,6 +262,12 @@ test('each typed callback gets only its own notification method: chunks to onChu
   assert.deepEqual(
     chunks.map((c) => c.isFinal),
     [true],
+  );
+  const loading: LoadProgressParams[] = [];
+  await client.loadModel({ modelPath: '/m.gguf' }, { onLoadProgress: (p) => loading.push(p) });
+  assert.deepEqual(
+    loading.map((p) => p.progress),
+    [0.5, 1],
   );
   await client.close({ force: true });
 });

@@ -13,11 +13,13 @@ from typing import Literal, Protocol
 
 __all__ = [
     "ChatMessage",
+    "ContextSnapshot",
     "Engine",
     "EngineModel",
     "FinishReason",
     "GenerationOutcome",
     "LoadOptions",
+    "LoadProgress",
     "ModelFacts",
     "ModelSummary",
     "SamplingOptions",
@@ -26,6 +28,7 @@ __all__ = [
 
 FinishReason = Literal["stop", "length", "cancelled"]
 StopCheck = Callable[[], bool]
+LoadProgress = Callable[[float], None]  # 0 to 1, as the engine reads the model's weights
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,6 +87,14 @@ class GenerationOutcome:
     decode_ns: int  # first token -> last token
 
 
+@dataclass(slots=True, frozen=True)
+class ContextSnapshot:
+    """A model's evaluated tokens and their KV cache, saved to be restored on the same model."""
+
+    tokens: tuple[int, ...]
+    kv_state: bytes
+
+
 class EngineModel(Protocol):
     """One loaded model. Never called from two threads at once."""
 
@@ -128,6 +139,14 @@ class EngineModel(Protocol):
         """One vector per text (pooled as the model says, else the mean of its tokens); tokens read."""
         ...
 
+    def save_context(self) -> ContextSnapshot:
+        """The tokens the model's context holds now, with their KV cache."""
+        ...
+
+    def restore_context(self, snapshot: ContextSnapshot) -> None:
+        """Put a snapshot back: a prompt that starts with its tokens evaluates only the rest."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -149,8 +168,20 @@ class ModelSummary:
 class Engine(Protocol):
     """Loads and inspects models."""
 
-    def load(self, path: str, options: LoadOptions) -> EngineModel:
-        """Load the file at ``path``; raise ``ModelLoadFailed`` with llama.cpp's reason."""
+    def load(
+        self,
+        path: str,
+        options: LoadOptions,
+        *,
+        progress: LoadProgress | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> EngineModel:
+        """Load the file at ``path``; raise ``ModelLoadFailed`` with llama.cpp's reason.
+
+        ``progress`` is called on the loading thread as the weights are read;
+        when ``should_stop`` turns true the load is abandoned, what it took is
+        freed, and ``RequestCancelled`` is raised.
+        """
         ...
 
     def inspect(self, path: str) -> ModelSummary:

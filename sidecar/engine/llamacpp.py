@@ -26,12 +26,21 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-from ..errors import ContextOverflow, GenerationFailed, InvalidParams, ModelFileNotFound, ModelLoadFailed
+from ..errors import (
+    ContextOverflow,
+    GenerationFailed,
+    InvalidParams,
+    ModelFileNotFound,
+    ModelLoadFailed,
+    RequestCancelled,
+)
 from .api import (
     ChatMessage,
+    ContextSnapshot,
     FinishReason,
     GenerationOutcome,
     LoadOptions,
+    LoadProgress,
     ModelFacts,
     ModelSummary,
     SamplingOptions,
@@ -81,6 +90,27 @@ def _on_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 
 llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
 
+_loading = threading.local()  # per thread: the progress callback of the load it runs
+_library_model_params = llama_cpp.llama_model_default_params
+
+
+def _model_params_with_progress() -> llama_cpp.llama_model_params:
+    """llama-cpp-python's default model params, plus this thread's load progress callback.
+
+    ``Llama`` has no parameter for llama.cpp's progress callback, but it builds
+    its model params by calling this function of the ``llama_cpp.llama_cpp``
+    module; replacing it there (once, below) is the one way to set the raw
+    callback, which also lets a load be abandoned midway.
+    """
+    params: llama_cpp.llama_model_params = _library_model_params()
+    callback = getattr(_loading, "progress", None)
+    if callback is not None:
+        params.progress_callback = callback
+    return params
+
+
+llama_cpp.llama_cpp.llama_model_default_params = _model_params_with_progress
+
 
 class LlamaCppEngine:
     """Loads GGUF files with llama-cpp-python."""
@@ -111,7 +141,18 @@ class LlamaCppEngine:
             },
         )
 
-    def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
+    def load(
+        self,
+        path: str,
+        options: LoadOptions,
+        *,
+        progress: LoadProgress | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> LlamaCppModel:
+        progress = progress or _ignore_progress
+        should_stop = should_stop or _never
+        if should_stop():
+            raise RequestCancelled(f"The load of {path} was cancelled.")
         _check_readable(path)
         try:
             header = read_metadata(path, read_arrays=frozenset({_TOKENS_KEY}))
@@ -128,8 +169,14 @@ class LlamaCppEngine:
             "n_gpu_layers": options.gpu_layers or 0,
             "use_mmap": True if options.use_mmap is None else options.use_mmap,
         }
-        llm = _open_llama(common, n_batch=options.batch_size or 512)
-        _warm_up(llm)
+        llm = _open_llama(common, progress, should_stop, n_batch=options.batch_size or 512)
+        try:
+            _warm_up(llm)
+            if should_stop():  # cancelled after the weights were read: free them all the same
+                raise RequestCancelled(f"The load of {path} was cancelled.")
+        except BaseException:
+            llm.close()
+            raise
         # Embeddings need a context made for them: opened on the first embed request.
         pooling = (
             llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model says how it pools
@@ -139,16 +186,30 @@ class LlamaCppEngine:
 
         def open_embedder() -> llama_cpp.Llama:
             return _open_llama(
-                common, embedding=True, pooling_type=pooling, n_batch=context_size, n_ubatch=context_size
+                common,
+                _ignore_progress,
+                _never,
+                embedding=True,
+                pooling_type=pooling,
+                n_batch=context_size,
+                n_ubatch=context_size,
             )
 
         return LlamaCppModel(llm, path, open_embedder)
 
 
-def _open_llama(common: dict[str, Any], **specific: Any) -> llama_cpp.Llama:
-    """A ``Llama``, or ``ModelLoadFailed`` with llama.cpp's own reason."""
+def _open_llama(
+    common: dict[str, Any], progress: LoadProgress, should_stop: StopCheck, **specific: Any
+) -> llama_cpp.Llama:
+    """A ``Llama``, or ``ModelLoadFailed`` with llama.cpp's own reason (``RequestCancelled`` if stopped)."""
     path = common["model_path"]
+
+    def on_progress(value: float, _user_data: ctypes.c_void_p) -> bool:
+        progress(value)
+        return not should_stop()  # false: llama.cpp abandons the load and frees what it read
+
     _recent.lines = deque(maxlen=8)
+    _loading.progress = llama_cpp.llama_progress_callback(on_progress)
     try:
         # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at
         # /dev/null during loads; our log callback decides what is shown.
@@ -157,10 +218,13 @@ def _open_llama(common: dict[str, Any], **specific: Any) -> llama_cpp.Llama:
         reason = f"its chat template does not compile: {exc}"
         raise ModelLoadFailed(f"Could not load {path}: {reason}.", {"reason": reason}) from exc
     except (ValueError, RuntimeError, OSError) as exc:
+        if should_stop():
+            raise RequestCancelled(f"The load of {path} was cancelled.") from exc
         reason = "; ".join(_recent.lines) or str(exc)
         raise ModelLoadFailed(f"llama.cpp could not load {path}: {reason}", {"reason": reason}) from exc
     finally:
         _recent.lines = None
+        _loading.progress = None
 
 
 def default_threads() -> int:
@@ -370,6 +434,31 @@ class LlamaCppModel:
         vectors, tokens = embedder.embed(list(texts), normalize=normalize, truncate=False, return_count=True)
         return vectors, tokens
 
+    def save_context(self) -> ContextSnapshot:
+        # Sequence 0 only: the KV cache without the logits buffer llama_state_get_data adds
+        # (and without llama-cpp-python's save_state, which copies a logits row per batch slot).
+        ctx = self._llm.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        tokens = tuple(self._llm.input_ids[: self._llm.n_tokens].tolist())
+        return ContextSnapshot(tokens, bytes(memoryview(buffer)[:written]))
+
+    def restore_context(self, snapshot: ContextSnapshot) -> None:
+        llm = self._llm
+        llm.reset()  # type: ignore[no-untyped-call]
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        size = len(snapshot.kv_state)
+        buffer = (ctypes.c_uint8 * size).from_buffer_copy(snapshot.kv_state)
+        if llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, size, 0) != size:
+            log.warning("a saved context did not restore; the next prompt evaluates it all")
+            return
+        count = len(snapshot.tokens)
+        llm.input_ids[:count] = snapshot.tokens
+        llm.n_tokens = count
+        # Restored state has no fresh logits: the next prompt decodes at least one token.
+        llm._requires_eval = True
+
     def close(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
@@ -445,3 +534,7 @@ def _positive(value: object) -> int | None:
 
 def _never() -> bool:
     return False
+
+
+def _ignore_progress(_value: float) -> None:
+    pass

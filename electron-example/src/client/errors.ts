@@ -71,6 +71,12 @@ export function sidecarExitedError(info: ExitInfo): LLMServiceError {
   return new LLMServiceError('SIDECAR_EXITED', `The sidecar exited unexpectedly (${how}).${tail}`, info);
 }
 
+/** The error of a call whose every attempt timed out (each one a `WorkerTimeoutError`, the last as `cause`). */
+export function timedOutError(what: string, attempts: number, last: WorkerTimeoutError | undefined): LLMServiceError {
+  const message = `${what} timed out after ${attempts} attempts (the last: ${last?.message})`;
+  return new LLMServiceError('TIMEOUT', message, { attempts, timeoutMs: last?.timeoutMs }, { cause: last });
+}
+
 export function isTimeout(error: unknown): error is LLMServiceError {
   return error instanceof LLMServiceError && error.code === 'TIMEOUT';
 }

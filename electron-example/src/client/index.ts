@@ -1,12 +1,15 @@
 /**
  * The TypeScript client of the llama sidecar.
  *
- * `LlmService` is the drop-in replacement of the app's old in-process service;
+ * `LlmService` is the drop-in replacement of the app's old in-process service,
+ * and `ChatSession` (from `LlmService.createSession`) its multi-turn chat;
  * `SidecarClient` is one sidecar process with a typed method per protocol
  * method; the transport and framing pieces are exported for hosts that wire
  * their own. Protocol types are generated from ../protocol/schema.
  */
 
+export { ChatSession } from './chat-session.js';
+export type { ChatSessionOptions } from './chat-session.js';
 export { LLMServiceError, WorkerTimeoutError } from './errors.js';
 export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
@@ -20,19 +23,20 @@ export type {
   EmbedOptions,
   LlmChunk,
   LlmServiceOptions,
+  LoadOptions,
   StreamPrompt,
   TokenizeOptions,
 } from './llm-service.js';
 export { defaultLogger } from './log.js';
 export type { Logger, LogLevel } from './log.js';
-export type { LoadModelOptions, PromptOptions } from './options.js';
+export type { LoadModelOptions, PromptOptions, SessionPromptOptions } from './options.js';
 export { ProcessTransport } from './process-transport.js';
 export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
 export type * from './protocol-types.js';
 export { RpcConnection } from './rpc.js';
 export type { CallOptions, NotificationHandler, RequestOptions, StreamOptions } from './rpc.js';
 export { PROTOCOL_VERSION, SidecarClient } from './sidecar-client.js';
-export type { DownloadCallOptions, SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
+export type { DownloadCallOptions, LoadCallOptions, SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
 export { DEFAULT_RESTART_POLICY } from './supervisor.js';
 export type { RestartPolicy } from './supervisor.js';
 export type { CloseEvent, Transport } from './transport.js';

@@ -5,15 +5,20 @@
  * with `{content, isFinal, timestamp}` chunks), plus what the sidecar gives:
  * a stream resolves to its result (finish reason, usage, timings, the parsed
  * `json` of a `jsonSchema` prompt) and takes an AbortSignal; `promptWithResult`
- * is `prompt` with that result; token arithmetic (`tokenize`, `detokenize`,
- * `countTokens`), `embed`, `inspectModel` and `downloadModel`. A call that gets no response (`prompt`) or no first chunk
- * (`promptStream`) within `workerTimeoutMs` is cancelled and tried again, up
- * to `maxAttempts` in total; a sidecar that then fails a ping is killed and
- * restarted. The supervisor restarts a crashed sidecar on the next call, and
- * this class reloads the models that were loaded, with the same params.
+ * is `prompt` with that result; chat sessions (`createSession`, a
+ * `ChatSession` the sidecar keeps the history of); `loadModel` with progress
+ * and cancel; token arithmetic (`tokenize`, `detokenize`, `countTokens`),
+ * `embed`, `inspectModel` and `downloadModel`. A call that gets no response
+ * (`prompt`) or no first chunk (`promptStream`) within `workerTimeoutMs` is
+ * cancelled and tried again, up to `maxAttempts` in total; a sidecar that then
+ * fails a ping is killed and restarted. The supervisor restarts a crashed
+ * sidecar on the next call, and this class reloads the models that were
+ * loaded, with the same params (sessions open again on their next call).
  */
 
-import { isTimeout, LLMServiceError, WorkerTimeoutError } from './errors.js';
+import { ChatSession, type ChatSessionOptions, type SessionHost } from './chat-session.js';
+import { type LlmChunk, toLlmChunk } from './chunks.js';
+import { isTimeout, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
 import {
   countTokensParams,
@@ -30,14 +35,12 @@ import type {
   DownloadModelResult,
   DownloadProgressParams,
   EmbedResult,
-  FinishReason,
   GenerationResult,
   InspectModelResult,
   LoadModelParams,
+  LoadProgressParams,
   ModelInfo,
   StreamChunkParams,
-  Timings,
-  Usage,
 } from './protocol-types.js';
 import { SidecarClient } from './sidecar-client.js';
 import { DEFAULT_RESTART_POLICY, type RestartPolicy, Supervisor } from './supervisor.js';
@@ -63,20 +66,29 @@ export interface LlmServiceOptions {
   readonly closeGraceMs?: number;
 }
 
-/** One streamed piece of the reply; the last one has `isFinal: true` and the finish reason. */
-export interface LlmChunk {
-  readonly content: string;
-  readonly isFinal: boolean;
-  /** Milliseconds since the epoch when the sidecar sent it. */
-  readonly timestamp: number;
-  readonly index: number;
-  /** Final chunk only; "error" when the sidecar failed (the call then rejects). */
-  readonly finishReason?: FinishReason | 'error';
-  readonly usage?: Usage;
-  readonly timings?: Timings;
-}
+export type { LlmChunk };
 
 export type StreamPrompt = string | { readonly text: string };
+
+/** `loadModel`'s second argument. */
+export interface LoadOptions {
+  /**
+   * node-llama-cpp's `onLoadProgress`: the load's progress as a number from 0 to 1, strictly
+   * increasing (llama.cpp's progress through the tensors, at most every 100 ms), called with 1 once
+   * the model is ready, before `loadModel` resolves. Loading a model that is loaded already may
+   * report only the 1.
+   */
+  readonly onLoadProgress?: (progress: number) => void;
+  /**
+   * Cancels the load: `loadModel` then rejects with RequestCancelled (`LLMServiceError`, code
+   * -32800) and the sidecar frees what it had loaded; a load that finished first resolves as usual.
+   */
+  readonly signal?: AbortSignal;
+  /** A key for `LlmService.cancel(requestId)`. */
+  readonly requestId?: string;
+  /** This load's timeout, instead of the service's `loadTimeoutMs`. */
+  readonly timeoutMs?: number;
+}
 
 /** Options of the calls that are not prompts. */
 export interface CallTimeoutOptions {
@@ -131,21 +143,55 @@ export class LlmService {
   /** What to reload after a restart: params by model id, in load order (the last is the default). */
   private readonly loaded = new Map<string, LoadModelParams>();
   private readonly cancellers = new Map<string, AbortController>();
+  /** Tries per timed-out call, the first included. */
+  private readonly maxAttempts: number;
+  /** What chat sessions use of this service. */
+  private readonly sessionHost: SessionHost;
 
   constructor(private readonly options: LlmServiceOptions = {}) {
     this.logger = options.logger ?? defaultLogger;
     const policy = { ...DEFAULT_RESTART_POLICY, ...options.restart };
     this.supervisor = new Supervisor(() => this.startSidecar(), policy, this.logger);
+    this.maxAttempts = Math.max(options.maxAttempts ?? 2, 1);
+    this.sessionHost = {
+      logger: this.logger,
+      acquire: () => this.supervisor.acquire(),
+      current: () => this.supervisor.current,
+      maxAttempts: this.maxAttempts,
+      timeoutFor: (callOptions) => this.timeoutFor(callOptions),
+      restartIfHung: (client, timeoutMs) => this.restartIfHung(client, timeoutMs),
+      withCanceller: (callOptions, body) => this.withCanceller(callOptions, body),
+    };
   }
 
-  /** Load a model (a path, `"default"`, or options); it becomes the default target of prompts. */
-  async loadModel(pathOrOptions: string | LoadModelOptions): Promise<ModelInfo> {
+  /**
+   * Load a model (a path, `"default"`, or options); it becomes the default target of prompts.
+   * `options.onLoadProgress` gets the progress (0 to 1); `options.signal` (or `cancel(options.requestId)`)
+   * cancels the load, which then rejects with RequestCancelled (-32800). When the sidecar's model
+   * limit (`--max-models`, `--max-model-bytes`) unloads the least recently used model to make room,
+   * that model is not reloaded after a restart either.
+   */
+  async loadModel(pathOrOptions: string | LoadModelOptions, options: LoadOptions = {}): Promise<ModelInfo> {
     const params = loadModelParams(pathOrOptions, this.logger);
+    const { onLoadProgress, timeoutMs } = options;
+    const progress = onLoadProgress && ((update: LoadProgressParams): void => onLoadProgress(update.progress));
     const client = await this.supervisor.acquire();
-    const info = await client.loadModel(params);
+    const info = await this.withCanceller(options, (signal) =>
+      client.loadModel(params, { onLoadProgress: progress, signal, timeoutMs }),
+    );
     this.loaded.delete(info.modelId);
     this.loaded.set(info.modelId, { ...params, modelId: info.modelId });
+    // With another model loaded, the sidecar may have unloaded one to make room.
+    if (this.loaded.size > 1) await this.forgetUnloaded(client);
     return info;
+  }
+
+  /**
+   * Open a chat session on a loaded model (the default one when `options.modelId` is absent): a
+   * conversation whose history the sidecar keeps, prompted turn by turn (see `ChatSession`).
+   */
+  createSession(options: ChatSessionOptions = {}): Promise<ChatSession> {
+    return ChatSession.open(this.sessionHost, options);
   }
 
   /** Unload a model (the default one when no id); false when there was none. */
@@ -258,7 +304,7 @@ export class LlmService {
     return this.supervisor.current?.pid;
   }
 
-  /** Cancel the prompt or download started with `options.requestId`; false when none is running. */
+  /** Cancel the prompt, load or download started with `options.requestId`; false when none is running. */
   cancel(requestId: string): boolean {
     const controller = this.cancellers.get(requestId);
     controller?.abort();
@@ -271,9 +317,25 @@ export class LlmService {
   }
 
   /** The call's worker timeout: its own, else the service's; undefined when turned off (0). */
-  private timeoutFor(options: PromptOptions): number | undefined {
+  private timeoutFor(options: { readonly timeoutMs?: number | undefined }): number | undefined {
     const timeoutMs = options.timeoutMs ?? this.options.workerTimeoutMs ?? 10_000;
     return timeoutMs > 0 ? timeoutMs : undefined;
+  }
+
+  /** Forget the models the sidecar no longer has (its model limit unloads the least recently used one). */
+  private async forgetUnloaded(client: SidecarClient): Promise<void> {
+    let present: Set<string>;
+    try {
+      present = new Set((await client.listModels()).models.map((model) => model.modelId));
+    } catch (error) {
+      this.logger('debug', `could not list the models after a load: ${(error as Error).message}`);
+      return;
+    }
+    for (const modelId of [...this.loaded.keys()]) {
+      if (present.has(modelId)) continue;
+      this.loaded.delete(modelId);
+      this.logger('info', `model ${modelId} was unloaded by the sidecar's model limit`);
+    }
   }
 
   private async startSidecar(): Promise<SidecarClient> {
@@ -306,7 +368,7 @@ export class LlmService {
 
   /** Run `attempt`; on a worker timeout, check the sidecar still answers, then try again. */
   private async withRetries<T>(what: string, attempt: (client: SidecarClient) => Promise<T>): Promise<T> {
-    const attempts = Math.max(this.options.maxAttempts ?? 2, 1);
+    const attempts = this.maxAttempts;
     let lastTimeout: WorkerTimeoutError | undefined;
     for (let number = 1; number <= attempts; number++) {
       let client: SidecarClient | undefined;
@@ -320,23 +382,19 @@ export class LlmService {
         if (client !== undefined && number < attempts) await this.restartIfHung(client, error.timeoutMs);
       }
     }
-    const message = `${what} timed out after ${attempts} attempts (the last: ${lastTimeout?.message})`;
-    throw new LLMServiceError(
-      'TIMEOUT',
-      message,
-      { attempts, timeoutMs: lastTimeout?.timeoutMs },
-      { cause: lastTimeout },
-    );
+    throw timedOutError(what, attempts, lastTimeout);
   }
 
-  /** A sidecar that cannot even answer a ping is stuck: kill it so the next attempt gets a fresh one. */
-  private async restartIfHung(client: SidecarClient, timeoutMs: number): Promise<void> {
+  /** A sidecar that cannot even answer a ping is stuck: kill it so the next attempt gets a fresh one (true). */
+  private async restartIfHung(client: SidecarClient, timeoutMs: number): Promise<boolean> {
     try {
       await client.ping({ timeoutMs: Math.min(timeoutMs, PING_TIMEOUT_MS) });
+      return false;
     } catch (error) {
-      if (!isTimeout(error)) return;
+      if (!isTimeout(error)) return false;
       this.logger('warn', 'the sidecar does not answer ping; restarting it');
       await this.supervisor.discard(client);
+      return true;
     }
   }
 
@@ -355,11 +413,6 @@ export class LlmService {
       if (this.cancellers.get(requestId) === controller) this.cancellers.delete(requestId);
     }
   }
-}
-
-function toLlmChunk(chunk: StreamChunkParams): LlmChunk {
-  const { content, isFinal, timestamp, index, finishReason, usage, timings } = chunk;
-  return { content, isFinal, timestamp, index, ...(isFinal ? { finishReason, usage, timings } : {}) };
 }
 
 function toProgress(update: DownloadProgressParams): DownloadProgress {

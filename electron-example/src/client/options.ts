@@ -49,30 +49,24 @@ export interface PromptOptions {
   timeoutMs?: number;
 }
 
-/** Options sent as they are, under the same name. */
-const PASSED_KEYS = [
-  'maxTokens',
-  'temperature',
-  'topK',
-  'topP',
-  'minP',
-  'seed',
-  'modelId',
-  'grammar',
-  'jsonSchema',
-] as const;
-const PROMPT_KEYS = new Set<string>([
-  ...PASSED_KEYS,
+/**
+ * The options of a chat session's turn (`ChatSession.prompt` and the like): `prompt`'s, but the
+ * conversation, the system prompt and the model are the session's.
+ */
+export type SessionPromptOptions = Omit<PromptOptions, 'messages' | 'systemPrompt' | 'raw' | 'modelId'>;
+
+/** Sampling options sent as they are, under the same name. */
+const SAMPLING_KEYS = ['maxTokens', 'temperature', 'topK', 'topP', 'minP', 'seed', 'grammar', 'jsonSchema'] as const;
+/** Options of the call itself, not sent to the sidecar. */
+const CALL_KEYS = ['signal', 'requestId', 'timeoutMs'] as const;
+const SESSION_PROMPT_KEYS = new Set<string>([
+  ...SAMPLING_KEYS,
+  ...CALL_KEYS,
   'repeatPenalty',
   'stop',
   'customStopTriggers',
-  'messages',
-  'systemPrompt',
-  'raw',
-  'signal',
-  'requestId',
-  'timeoutMs',
 ]);
+const PROMPT_KEYS = new Set<string>([...SESSION_PROMPT_KEYS, 'modelId', 'messages', 'systemPrompt', 'raw']);
 const LOAD_KEYS = [
   'modelPath',
   'modelId',
@@ -87,14 +81,8 @@ const LOAD_KEYS = [
 /** The params of `prompt`/`promptStream` for `text` with the old-style `options`. */
 export function generationParams(text: string, options: PromptOptions, logger: Logger): GenerationParams {
   warnUnknown(options, PROMPT_KEYS, 'prompt', logger);
-  const params: GenerationParams = {};
-  for (const key of PASSED_KEYS) {
-    if (options[key] !== undefined) Object.assign(params, { [key]: options[key] });
-  }
-  const repeatPenalty = repeatPenaltyValue(options.repeatPenalty);
-  if (repeatPenalty !== undefined) params.repeatPenalty = repeatPenalty;
-  const stop = [...(options.stop ?? []), ...(options.customStopTriggers ?? []).filter(isString)];
-  if (stop.length > 0) params.stop = stop;
+  const params = samplingParams(options);
+  if (options.modelId !== undefined) params.modelId = options.modelId;
   if (options.raw) {
     params.prompt = text;
   } else {
@@ -102,6 +90,33 @@ export function generationParams(text: string, options: PromptOptions, logger: L
     const user = text === '' ? [] : [{ role: 'user', content: text }];
     params.messages = [...system, ...(options.messages ?? []), ...user];
   }
+  return params;
+}
+
+/**
+ * The params of a session's turn without its `sessionId` (the caller adds it: it changes when a
+ * restarted sidecar gets the session again): the user's `text` and the sampling options. Options a
+ * session sets itself (`messages`, `systemPrompt`, `raw`, `modelId`) are reported and left out.
+ */
+export function sessionTurnParams(
+  text: string,
+  options: SessionPromptOptions,
+  logger: Logger,
+): Omit<GenerationParams, 'sessionId' | 'text'> & { text: string } {
+  warnUnknown(options, SESSION_PROMPT_KEYS, 'session prompt', logger);
+  return { ...samplingParams(options), text };
+}
+
+/** The sampling part of `prompt`'s params, the same for every kind of prompt. */
+function samplingParams(options: SessionPromptOptions): GenerationParams {
+  const params: GenerationParams = {};
+  for (const key of SAMPLING_KEYS) {
+    if (options[key] !== undefined) Object.assign(params, { [key]: options[key] });
+  }
+  const repeatPenalty = repeatPenaltyValue(options.repeatPenalty);
+  if (repeatPenalty !== undefined) params.repeatPenalty = repeatPenalty;
+  const stop = [...(options.stop ?? []), ...(options.customStopTriggers ?? []).filter(isString)];
+  if (stop.length > 0) params.stop = stop;
   return params;
 }
 

@@ -19,6 +19,13 @@ export type RequestId = string | number | null;
  */
 export type FinishReason = "stop" | "length" | "cancelled";
 /**
+ * Who said a turn of a session's history (the system prompt is kept apart).
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#SessionRole".
+ */
+export type SessionRole = "user" | "assistant";
+/**
  * Every code the server sends.
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -41,7 +48,9 @@ export type ErrorCode =
   | DuplicateRequestId
   | MessageTooLarge
   | ModelPathNotAllowed
-  | DownloadFailed;
+  | DownloadFailed
+  | UnknownSessionId
+  | RequestCancelled;
 /**
  * The line is not valid UTF-8 JSON. The response id is null.
  */
@@ -111,12 +120,40 @@ export type ModelPathNotAllowed = -32011;
  */
 export type DownloadFailed = -32012;
 /**
+ * The sessionId names no open session.
+ */
+export type UnknownSessionId = -32013;
+/**
+ * A loadModel was cancelled before it finished (LSP's code); what it had loaded is freed.
+ */
+export type RequestCancelled = -32800;
+/**
  * Anything the sidecar writes: a response, a notification, or a batch of responses.
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "message.json#ServerMessage".
  */
 export type ServerMessage = SuccessResponse | ErrorResponse | ServerNotification | (SuccessResponse | ErrorResponse)[];
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/closeSession.json#params".
+ */
+export type CloseSessionParams = SessionIdParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/createSession.json#result".
+ */
+export type CreateSessionResult = SessionInfo;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/getSession.json#params".
+ */
+export type GetSessionParams = SessionIdParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/getSession.json#result".
+ */
+export type GetSessionResult = SessionInfo;
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "methods/listModels.json#params".
@@ -154,6 +191,21 @@ export type PromptStreamParams = GenerationParams;
 export type PromptStreamResult = GenerationResult;
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/resetSession.json#params".
+ */
+export type ResetSessionParams = SessionIdParams;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/resetSession.json#result".
+ */
+export type ResetSessionResult = SessionInfo;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/setSessionHistory.json#result".
+ */
+export type SetSessionHistoryResult = SessionInfo;
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "methods/shutdown.json#params".
  */
 export type ShutdownParams = NoParams;
@@ -171,9 +223,17 @@ export interface ProtocolMethods {
     params: CancelParams;
     result: CancelResult;
   };
+  closeSession: {
+    params: CloseSessionParams;
+    result: CloseSessionResult;
+  };
   countTokens: {
     params: CountTokensParams;
     result: CountTokensResult;
+  };
+  createSession: {
+    params: CreateSessionParams;
+    result: CreateSessionResult;
   };
   detokenize: {
     params: DetokenizeParams;
@@ -186,6 +246,10 @@ export interface ProtocolMethods {
   embed: {
     params: EmbedParams;
     result: EmbedResult;
+  };
+  getSession: {
+    params: GetSessionParams;
+    result: GetSessionResult;
   };
   initialize: {
     params: InitializeParams;
@@ -214,6 +278,14 @@ export interface ProtocolMethods {
   promptStream: {
     params: PromptStreamParams;
     result: PromptStreamResult;
+  };
+  resetSession: {
+    params: ResetSessionParams;
+    result: ResetSessionResult;
+  };
+  setSessionHistory: {
+    params: SetSessionHistoryParams;
+    result: SetSessionHistoryResult;
   };
   shutdown: {
     params: ShutdownParams;
@@ -275,6 +347,14 @@ export interface ModelInfo {
    * Milliseconds the load took.
    */
   loadMs: number;
+  /**
+   * When a request last used the model (loaded it included), in milliseconds since the Unix epoch. The least recently used model is unloaded first when the model limit is reached.
+   */
+  lastUsedAt: number;
+  /**
+   * The ids of the open sessions on this model, oldest first.
+   */
+  sessions: string[];
 }
 /**
  * One turn of a conversation.
@@ -290,7 +370,7 @@ export interface ChatMessage {
   content: string;
 }
 /**
- * Params of prompt and promptStream. Exactly one of prompt or messages.
+ * Params of prompt and promptStream. Exactly one of prompt, messages, or sessionId with text.
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "common.json#GenerationParams".
@@ -311,6 +391,14 @@ export interface GenerationParams {
    * @maxItems 10000
    */
   messages?: ChatMessage[];
+  /**
+   * A chat session (createSession): the turn is appended to its history and answered with its cached context. Not with modelId: the session's model is used.
+   */
+  sessionId?: string;
+  /**
+   * With sessionId: the user's message for this turn.
+   */
+  text?: string;
   /**
    * Most tokens to generate; the rest of the context when absent.
    */
@@ -417,6 +505,55 @@ export interface GenerationResult {
  */
 export interface NoParams {}
 /**
+ * One message of a session's history.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#SessionMessage".
+ */
+export interface SessionMessage {
+  role: SessionRole;
+  content: string;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#SessionId".
+ */
+export interface SessionIdParams {
+  /**
+   * The id createSession returned.
+   */
+  sessionId: string;
+}
+/**
+ * A chat session as it stands.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#SessionInfo".
+ */
+export interface SessionInfo {
+  sessionId: string;
+  /**
+   * The model the session prompts.
+   */
+  modelId: string;
+  /**
+   * The system prompt, when the session has one; never dropped.
+   */
+  systemPrompt?: string;
+  /**
+   * Tokens the session's prompt and reply may take together; older turns are dropped to stay within it.
+   */
+  contextSize: number;
+  /**
+   * The history, oldest first, without the system prompt.
+   */
+  messages: SessionMessage[];
+  /**
+   * How many of the oldest messages were dropped to fit the context since the history was last set or reset.
+   */
+  droppedMessages: number;
+}
+/**
  * The error member of a JSON-RPC error response. data is present only for the codes that define it.
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -473,7 +610,7 @@ export interface ErrorResponse {
  */
 export interface ServerNotification {
   jsonrpc: "2.0";
-  method: "streamChunk" | "downloadProgress";
+  method: "streamChunk" | "downloadProgress" | "loadProgress";
   params: {};
 }
 /**
@@ -495,6 +632,16 @@ export interface CancelResult {
    * False when the id is unknown, finished, or already cancelled.
    */
   cancelled: boolean;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/closeSession.json#result".
+ */
+export interface CloseSessionResult {
+  /**
+   * False when there was no such session.
+   */
+  closed: boolean;
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -522,6 +669,24 @@ export interface CountTokensResult {
    * The model's context; a prompt fits if promptTokens < contextSize.
    */
   contextSize: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/createSession.json#params".
+ */
+export interface CreateSessionParams {
+  /**
+   * Which model; the default (latest loaded) one when absent. It must have a chat template.
+   */
+  modelId?: string;
+  /**
+   * The first message of every prompt of the session; never dropped.
+   */
+  systemPrompt?: string;
+  /**
+   * Tokens the session may take (prompt and reply); at most the model's contextSize, which is the default.
+   */
+  contextSize?: number;
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
@@ -765,6 +930,22 @@ export interface LoadModelParams {
 export interface PingResult {}
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "methods/setSessionHistory.json#params".
+ */
+export interface SetSessionHistoryParams {
+  /**
+   * The id createSession returned.
+   */
+  sessionId: string;
+  /**
+   * The new history, oldest first, without the system prompt.
+   *
+   * @maxItems 100000
+   */
+  messages: SessionMessage[];
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "methods/tokenize.json#params".
  */
 export interface TokenizeParams {
@@ -833,6 +1014,20 @@ export interface DownloadProgressParams {
 }
 /**
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "notifications/loadProgress.json#params".
+ */
+export interface LoadProgressParams {
+  /**
+   * The id of the loadModel request.
+   */
+  requestId: RequestId;
+  /**
+   * 0 to 1; increases strictly within a request.
+   */
+  progress: number;
+}
+/**
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "notifications/streamChunk.json#params".
  */
 export interface StreamChunkParams {
@@ -875,5 +1070,6 @@ export interface StreamChunkParams {
  */
 export interface ProtocolNotifications {
   downloadProgress: DownloadProgressParams;
+  loadProgress: LoadProgressParams;
   streamChunk: StreamChunkParams;
 }

@@ -13,8 +13,11 @@ import { ProcessTransport, type ProcessTransportOptions } from './process-transp
 import type {
   CancelResult,
   ClientInfo,
+  CloseSessionParams,
+  CloseSessionResult,
   CountTokensParams,
   CountTokensResult,
+  CreateSessionParams,
   DetokenizeParams,
   DetokenizeResult,
   DownloadModelParams,
@@ -24,17 +27,22 @@ import type {
   EmbedResult,
   GenerationParams,
   GenerationResult,
+  GetSessionParams,
   InitializeParams,
   InitializeResult,
   InspectModelParams,
   InspectModelResult,
   ListModelsResult,
   LoadModelParams,
+  LoadProgressParams,
   ModelInfo,
   PingResult,
   ProtocolMethods,
   ProtocolNotifications,
   RequestId,
+  ResetSessionParams,
+  SessionInfo,
+  SetSessionHistoryParams,
   StreamChunkParams,
   TokenizeParams,
   TokenizeResult,
@@ -50,7 +58,11 @@ import {
 } from './rpc.js';
 import type { CloseEvent, Transport } from './transport.js';
 
-export const PROTOCOL_VERSION = '1.0';
+/**
+ * 1.1 added sessions, `loadProgress` and a cancellable `loadModel`. A 1.0 sidecar accepts it too
+ * (same major), and answers the 1.1 methods with MethodNotFound.
+ */
+export const PROTOCOL_VERSION = '1.1';
 
 export interface SidecarClientOptions {
   readonly logger?: Logger;
@@ -71,6 +83,11 @@ export type SpawnOptions = SidecarClientOptions & ProcessTransportOptions;
 export interface DownloadCallOptions extends RequestOptions {
   /** Gets the download's `downloadProgress` notifications (at most every 250 ms, and once at the end). */
   readonly onProgress?: ((progress: DownloadProgressParams) => void) | undefined;
+}
+
+export interface LoadCallOptions extends RequestOptions {
+  /** Gets the load's `loadProgress` notifications: 0 to 1, strictly increasing, 1 once the model is ready. */
+  readonly onLoadProgress?: ((progress: LoadProgressParams) => void) | undefined;
 }
 
 /** The protocol's graceful-close wait: the sidecar exits within 2 s of `shutdown`. */
@@ -134,8 +151,14 @@ export class SidecarClient {
     return this.serverInfo;
   }
 
-  loadModel(params: LoadModelParams, options?: RequestOptions): Promise<ModelInfo> {
-    return this.call('loadModel', params, options);
+  /**
+   * Load a model; `onLoadProgress` gets its progress. An aborted `signal` cancels the load: the call
+   * then rejects with RequestCancelled (-32800), unless the model was ready first (it then resolves).
+   */
+  loadModel(params: LoadModelParams, options: LoadCallOptions = {}): Promise<ModelInfo> {
+    const { onLoadProgress, ...rest } = options;
+    const onNotification = onLoadProgress === undefined ? undefined : only('loadProgress', onLoadProgress);
+    return this.call('loadModel', params, { ...rest, onNotification });
   }
 
   unloadModel(params: UnloadModelParams = {}, options?: RequestOptions): Promise<UnloadModelResult> {
@@ -157,6 +180,31 @@ export class SidecarClient {
     options: StreamOptions = {},
   ): Promise<GenerationResult> {
     return this.call('promptStream', params, { ...options, onNotification: only('streamChunk', onChunk) });
+  }
+
+  /** Open a chat session on a loaded model (the default one when `modelId` is absent); prompt it with `sessionId` and `text`. */
+  createSession(params: CreateSessionParams = {}, options?: RequestOptions): Promise<SessionInfo> {
+    return this.call('createSession', params, options);
+  }
+
+  /** A session's history and settings; UnknownSessionId (-32013) when there is no such session. */
+  getSession(params: GetSessionParams, options?: RequestOptions): Promise<SessionInfo> {
+    return this.call('getSession', params, options);
+  }
+
+  /** Clear a session's history (the system prompt stays). */
+  resetSession(params: ResetSessionParams, options?: RequestOptions): Promise<SessionInfo> {
+    return this.call('resetSession', params, options);
+  }
+
+  /** Replace a session's history (without the system prompt), e.g. to restore a saved chat. */
+  setSessionHistory(params: SetSessionHistoryParams, options?: RequestOptions): Promise<SessionInfo> {
+    return this.call('setSessionHistory', params, options);
+  }
+
+  /** Forget a session; `closed` is false when there was none. */
+  closeSession(params: CloseSessionParams, options?: RequestOptions): Promise<CloseSessionResult> {
+    return this.call('closeSession', params, options);
   }
 
   tokenize(params: TokenizeParams, options?: RequestOptions): Promise<TokenizeResult> {

@@ -1,9 +1,12 @@
 /**
  * The chat page. It talks to the model only through `window.llm` (the
- * preload's four functions): loads the model at start, sends the
- * conversation, shows the reply as it streams, stops it on request, and shows
- * the load state and tokens/s. A classic script (no imports: none are needed,
- * and it loads from file:// in Electron); text goes into the DOM as text only.
+ * preload's six functions): loads the model at start (a progress bar while it
+ * loads), sends each message of the conversation (main keeps the conversation
+ * in a chat session, so every reply follows the earlier turns), shows the reply
+ * as it streams, stops it on request, starts a new chat, and shows the load
+ * state and tokens/s. After a reload it shows the conversation again. A classic
+ * script (no imports: none are needed, and it loads from file:// in Electron);
+ * text goes into the DOM as text only.
  */
 
 type LlmEvent = import('../bridge-api.js').LlmEvent;
@@ -25,7 +28,9 @@ function element<T extends HTMLElement>(id: string): T {
 
 const ui = {
   modelState: element<HTMLSpanElement>('model-state'),
+  loadProgress: element<HTMLProgressElement>('load-progress'),
   load: element<HTMLButtonElement>('load'),
+  newChat: element<HTMLButtonElement>('new-chat'),
   transcript: element<HTMLElement>('transcript'),
   composer: element<HTMLFormElement>('composer'),
   prompt: element<HTMLTextAreaElement>('prompt'),
@@ -34,15 +39,17 @@ const ui = {
   stats: element<HTMLElement>('stats'),
 };
 
-const turns: ChatTurn[] = [];
 let modelReady = false;
 let reply: Reply | undefined;
 /** Events of the current reply that arrived before `send` told us its stream id. */
 let early: StreamEvent[] = [];
+/** Whether the conversation kept by main was shown (once, after the model is ready). */
+let historyShown = false;
 
 function refreshButtons(): void {
   ui.send.disabled = !modelReady || reply !== undefined;
   ui.stop.disabled = reply?.streamId === undefined;
+  ui.newChat.disabled = !modelReady;
 }
 
 function modelLabel(model: ModelState): string {
@@ -50,7 +57,7 @@ function modelLabel(model: ModelState): string {
     case 'idle':
       return 'No model loaded';
     case 'loading':
-      return 'Loading model…';
+      return `Loading model… ${Math.round(model.progress * 100)}%`;
     case 'ready':
       return `Ready: ${model.modelName}`;
     case 'error':
@@ -61,9 +68,22 @@ function modelLabel(model: ModelState): string {
 function showModelState(model: ModelState): void {
   ui.modelState.textContent = modelLabel(model);
   ui.modelState.dataset['state'] = model.state;
+  ui.loadProgress.hidden = model.state !== 'loading';
+  if (model.state === 'loading') ui.loadProgress.value = model.progress;
   modelReady = model.state === 'ready';
   ui.load.disabled = model.state === 'loading' || model.state === 'ready';
   refreshButtons();
+  if (modelReady && !historyShown) {
+    historyShown = true;
+    void showHistory();
+  }
+}
+
+/** After a reload: the conversation main kept, if the page shows none yet. */
+async function showHistory(): Promise<void> {
+  const turns = await window.llm.history().catch((): ChatTurn[] => []);
+  if (ui.transcript.childElementCount > 0) return;
+  for (const turn of turns) addBubble(turn.role, turn.content);
 }
 
 function addBubble(role: ChatTurn['role'], text: string): HTMLElement {
@@ -77,14 +97,11 @@ function addBubble(role: ChatTurn['role'], text: string): HTMLElement {
 
 function endReply(current: Reply, error?: string): void {
   current.bubble.classList.remove('streaming');
-  if (error === undefined) {
-    turns.push({ role: 'assistant', content: current.text });
-  } else {
+  if (error !== undefined) {
     current.bubble.classList.add('error');
     current.bubble.textContent = `Error: ${error}`;
-    turns.pop(); // the question went unanswered: leave it out of the conversation
   }
-  reply = undefined;
+  if (reply === current) reply = undefined;
   refreshButtons();
   ui.prompt.focus();
 }
@@ -111,7 +128,6 @@ function onStreamEvent(event: StreamEvent): void {
 }
 
 async function send(text: string): Promise<void> {
-  turns.push({ role: 'user', content: text });
   addBubble('user', text);
   const current: Reply = { streamId: undefined, bubble: addBubble('assistant', ''), text: '' };
   current.bubble.classList.add('streaming');
@@ -120,15 +136,32 @@ async function send(text: string): Promise<void> {
   ui.stats.textContent = '';
   refreshButtons();
   try {
-    current.streamId = await window.llm.send(turns);
+    current.streamId = await window.llm.send(text);
   } catch (error) {
     endReply(current, error instanceof Error ? error.message : String(error));
     return;
   }
+  if (reply !== current) return; // a new chat began meanwhile
   refreshButtons();
   const waiting = early;
   early = [];
   for (const event of waiting) onStreamEvent(event);
+}
+
+async function newChat(): Promise<void> {
+  ui.newChat.disabled = true;
+  try {
+    await window.llm.newChat();
+    reply = undefined;
+    early = [];
+    ui.transcript.replaceChildren();
+    ui.stats.textContent = '';
+  } catch (error) {
+    ui.stats.textContent = `Could not start a new chat: ${error instanceof Error ? error.message : String(error)}`;
+  } finally {
+    refreshButtons();
+    ui.prompt.focus();
+  }
 }
 
 function loadModel(): void {
@@ -160,6 +193,8 @@ ui.prompt.addEventListener('keydown', (event) => {
 ui.stop.addEventListener('click', () => {
   if (reply?.streamId !== undefined) void window.llm.stop(reply.streamId);
 });
+
+ui.newChat.addEventListener('click', () => void newChat());
 
 ui.load.addEventListener('click', loadModel);
 

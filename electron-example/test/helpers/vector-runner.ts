@@ -90,6 +90,9 @@ class VectorRun {
   private wake: (() => void) | undefined;
   private readonly streams = new Map<Json, JsonObject[]>();
   private readonly streamIds = new Set<Json>();
+  /** loadProgress values per loadModel request id, until its response. */
+  private readonly progress = new Map<Json, number[]>();
+  private readonly loadIds = new Set<Json>();
   private readonly badLines: LLMServiceError[] = [];
   private exit: ExitInfo | undefined;
 
@@ -115,6 +118,8 @@ class VectorRun {
       const message = step['send'] ?? null;
       if (isObject(message) && message['method'] === 'promptStream' && 'id' in message)
         this.streamIds.add(message['id'] ?? null);
+      if (isObject(message) && message['method'] === 'loadModel' && 'id' in message)
+        this.loadIds.add(message['id'] ?? null);
       await this.transport.send(message);
     } else if (typeof step['sendRaw'] === 'string') {
       await this.transport.write(new TextEncoder().encode(`${step['sendRaw']}\n`));
@@ -156,7 +161,7 @@ class VectorRun {
     );
   }
 
-  /** The next message that is not a stream chunk, checking the stream invariants on the way. */
+  /** The next message that is not a stream chunk or load progress, checking their invariants on the way. */
   private async next(): Promise<Json> {
     const deadline = Date.now() + WAIT_MS;
     for (;;) {
@@ -175,8 +180,21 @@ class VectorRun {
     }
   }
 
-  /** Record a chunk (false) or check a response against its stream (true). */
+  /** Record a chunk or a load's progress (false), or check a response against them (true). */
   private absorb(message: Json): boolean {
+    if (isObject(message) && message['method'] === 'loadProgress' && isObject(message['params'])) {
+      const params = message['params'];
+      const values = this.progress.get(params['requestId'] ?? null) ?? [];
+      this.progress.set(params['requestId'] ?? null, values);
+      const progress = params['progress'];
+      assert.ok(typeof progress === 'number', `progress is not a number: ${JSON.stringify(params)}`);
+      assert.ok(
+        values.length === 0 || progress > (values.at(-1) ?? 0),
+        `progress went back: ${JSON.stringify(params)}`,
+      );
+      values.push(progress);
+      return false;
+    }
     if (isObject(message) && message['method'] === 'streamChunk' && isObject(message['params'])) {
       const params = message['params'];
       const chunks = this.streams.get(params['requestId'] ?? null) ?? [];
@@ -190,6 +208,12 @@ class VectorRun {
       if (isObject(item) && this.streamIds.has(item['id'] ?? null) && !('error' in item)) {
         const chunks = this.streams.get(item['id'] ?? null) ?? [];
         assert.ok(chunks.at(-1)?.['isFinal'] === true, `response before the final chunk: ${JSON.stringify(item)}`);
+      }
+      if (isObject(item) && this.loadIds.has(item['id'] ?? null)) {
+        this.loadIds.delete(item['id'] ?? null);
+        const values = this.progress.get(item['id'] ?? null) ?? [];
+        this.progress.delete(item['id'] ?? null);
+        if ('result' in item) assert.ok(values.at(-1) === 1, `loadModel answered before loadProgress 1: ${values}`);
       }
     }
     return true;

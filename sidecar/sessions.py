@@ -1,0 +1,98 @@
+"""Chat sessions: a history per session, and the prompt of its next turn.
+
+A session is a record the service keeps: its model, system prompt, context
+budget, history and, while another prompt uses the model, a snapshot of its
+evaluated context. This module builds a turn's prompt from the history with
+the model's chat template, dropping the oldest turns when the context would
+overflow. It knows nothing of the wire, of queues or of threads: the service
+calls it on the model's worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .engine.api import ChatMessage, ContextSnapshot, EngineModel
+from .errors import ContextOverflow
+
+__all__ = ["Session", "TurnPrompt", "reply_reserve", "turn_prompt"]
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One conversation on one model (by id: it outlives an unload of that model)."""
+
+    session_id: str
+    model_id: str
+    system_prompt: str | None
+    context_size: int  # tokens the prompt and the reply may take together
+    messages: tuple[ChatMessage, ...] = ()  # user and assistant turns, oldest first
+    dropped_messages: int = 0  # dropped to fit the context since the history was last set
+    # The session's evaluated context, saved while another prompt uses the model.
+    snapshot: ContextSnapshot | None = None
+    last_used: float = 0.0  # time.monotonic(); the least recently used snapshots go first
+    closed: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class TurnPrompt:
+    """The tokens of a turn's prompt and the history they were built from."""
+
+    tokens: list[int]
+    stops: tuple[str, ...]  # the chat template's own stop strings
+    history: tuple[ChatMessage, ...]  # the session's history after any drop
+    dropped: int  # messages dropped from the front of the history
+
+
+def reply_reserve(context_size: int, max_tokens: int | None) -> int:
+    """Tokens a turn keeps free for its reply: ``maxTokens``, else a quarter of the context.
+
+    Never more than half the context, so a large ``maxTokens`` cannot push the
+    whole history out.
+    """
+    wanted = max_tokens if max_tokens is not None else context_size // 4
+    return min(wanted, context_size // 2)
+
+
+def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -> TurnPrompt:
+    """The prompt for the user's ``text`` after the session's history.
+
+    When it would leave fewer than ``reserve`` tokens of the session's context,
+    the oldest turns (after the system prompt) are dropped until the prompt takes
+    at most half the context: each drop changes the prompt's start, so the whole
+    prompt is evaluated again once, and dropping more than needed lets several
+    turns follow before the next drop.
+    """
+    turn = ChatMessage("user", text)
+    history = session.messages
+    limit = session.context_size - reserve
+    tokens, stops = model.chat_prompt(_conversation(session, history, turn))
+    if len(tokens) <= limit:
+        return TurnPrompt(tokens, stops, history, 0)
+    target = min(limit, session.context_size // 2)
+    while history and len(tokens) > target:
+        history = history[_first_turn_length(history) :]
+        tokens, stops = model.chat_prompt(_conversation(session, history, turn))
+    if len(tokens) > limit:
+        raise ContextOverflow(
+            f"The message takes {len(tokens)} tokens with the system prompt; "
+            f"the session's context holds {session.context_size}, {reserve} of them kept for the reply.",
+            {"promptTokens": len(tokens), "contextSize": session.context_size},
+        )
+    return TurnPrompt(tokens, stops, history, len(session.messages) - len(history))
+
+
+def _conversation(session: Session, history: tuple[ChatMessage, ...], turn: ChatMessage) -> list[ChatMessage]:
+    system = [ChatMessage("system", session.system_prompt)] if session.system_prompt is not None else []
+    return [*system, *history, turn]
+
+
+def _first_turn_length(history: tuple[ChatMessage, ...]) -> int:
+    """Messages up to the next user message: a turn and its reply go together.
+
+    Chat templates expect a conversation to open with a user message.
+    """
+    for index, message in enumerate(history[1:], start=1):
+        if message.role == "user":
+            return index
+    return len(history)
