@@ -18,7 +18,7 @@ test: check $(NODE_DIR)/node_modules/.installed browser
 	$(PY) -m pytest
 	cd $(NODE_DIR) && npm test
 
-# The benchmark (bench/README.md): about 6 minutes on a quiet machine; writes bench/results/latest.*
+# The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/latest.*
 bench: bench/.installed $(NODE_DIR)/node_modules/.installed
 	cd $(NODE_DIR) && npm run build
 	$(PY) bench/run.py

@@ -1,9 +1,9 @@
 """Benchmark the sidecar against in-process llama.cpp; see bench/README.md.
 
-    .venv/bin/python bench/run.py                         # full run (~6 min), writes bench/results/
+    .venv/bin/python bench/run.py                         # full run (~8 min), writes bench/results/
     .venv/bin/python bench/run.py --quick --out /tmp/b    # smoke test of the harness (< 1 min)
 
-Runs three phases (harness/compare.py, boundary.py, concurrency.py), then
+Runs four phases (harness/compare.py, boundary.py, concurrency.py, sessions.py), then
 writes ``latest.json``, ``latest.md`` and ``latest.png`` into ``--out``.
 Drivers' logs and the generated tiny model go to ``--out``/tmp/.
 """
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.noise import NoiseLedger, wait_for_quiet
     from harness.prompts import build_prompts
     from harness.report import markdown, write_json
+    from harness.sessions import run_sessions
 
     started = time.monotonic()
     waited = wait_for_quiet(args.wait_quiet if args.wait_quiet is not None else 0 if settings.quick else 60)
@@ -136,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     compare = run_compare(settings, prompts, [system.key for system in SYSTEMS], noise)
     boundary = run_boundary(settings, tiny_model, noise)
     concurrency = run_concurrency(settings, [p for p in prompts if p.kind == "short"], noise)
+    sessions = run_sessions(settings, noise)
     results = {
         "meta": _meta(settings, prompts, noise.report(), waited, time.monotonic() - started),
-        "figures": analyze(compare, boundary, concurrency),
-        "raw": {"compare": compare, "boundary": boundary},
+        "figures": analyze(compare, boundary, concurrency, sessions),
+        "raw": {"compare": compare, "boundary": boundary, "sessions": sessions},
     }
     settings.out.mkdir(parents=True, exist_ok=True)
     write_json(settings.out / "latest.json", results)

@@ -6,6 +6,12 @@ cache holding it (TTFT = one decode step + overhead: the TTFT-overhead
 target); "long" the ~1,500-token prompt. A sidecar
 figure's ratio to in-process llama-cpp-python is the median over pairs of
 runs of the same prompt in the same round (taken back to back).
+
+Chat sessions (``session_figures``): TTFT by turn per scenario (single session,
+two alternating sessions, stateless), and ratios taken within one round and
+one conversation, then the median over those pairs: last turn ÷ first turn of
+a single session; alternating ÷ single over turns 2..N; stateless ÷
+alternating at the last turn.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 from .config import BASELINE, SYSTEMS
 from .stats import Summary, paired, summarize
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "session_figures"]
 
 _SHORT = ("probe", "short")
 
@@ -120,7 +126,10 @@ def _boundary(boundary: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyze(
-    compare: dict[str, Any], boundary: dict[str, Any], concurrency: list[dict[str, Any]]
+    compare: dict[str, Any],
+    boundary: dict[str, Any],
+    concurrency: list[dict[str, Any]],
+    sessions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     runs, setup = compare["runs"], compare["setup"]
     systems = {key: _system(key, setup[key], runs[key]) for key in runs}
@@ -132,6 +141,8 @@ def analyze(
         row["vsInProcessSingleStream"] = row["aggregateTps"] / single if single else None
     systems.get(BASELINE, {})["shortThroughputTps"] = single
     figures = {"systems": systems, "boundary": _boundary(boundary), "concurrency": concurrency}
+    if sessions is not None:
+        figures["sessions"] = session_figures(sessions)
     figures["targets"] = _targets(figures)
     return figures
 
@@ -200,4 +211,134 @@ def _targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         _target("spawn → initialize answered (TS client)", ts("spawnToReadyMs"), 300, "ms", at_least=False),
         _target("idle RSS before any model", ts("idleRssMb"), 60, "MiB", at_least=False),
     ]
+    if "sessions" in figures:
+        rows += session_targets(figures["sessions"])
     return rows
+
+
+# -- chat sessions -------------------------------------------------------------
+
+SESSION_LAST_OVER_FIRST = 1.3
+SESSION_ALTERNATING_OVER_SINGLE = 1.5
+
+
+def session_targets(sessions: dict[str, Any]) -> list[dict[str, Any]]:
+    last = sessions["turns"]
+    return [
+        _target(
+            f"chat session: TTFT of turn {last} ÷ turn 1",
+            sessions["single"]["lastOverFirst"]["median"],
+            SESSION_LAST_OVER_FIRST,
+            "×",
+            at_least=False,
+        ),
+        _target(
+            f"two sessions alternating on one model: TTFT turns 2–{last} ÷ one session",
+            sessions["alternating"]["overSingle"]["median"],
+            SESSION_ALTERNATING_OVER_SINGLE,
+            "×",
+            at_least=False,
+        ),
+    ]
+
+
+def _turn_values(records: list[dict[str, Any]], field: str, turns: range) -> list[float]:
+    return _values([r for r in records if r["turn"] in turns], field)
+
+
+def _median_or_nan(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def session_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """TTFT by turn for each scenario, the ratios the targets use, and consistency checks."""
+    last = raw["turns"]
+    rounds = raw["rounds"]
+    names = list(raw["conversations"])
+    later = range(2, last + 1)
+
+    def turns(round_: dict[str, Any], scenario: str, name: str) -> list[dict[str, Any]]:
+        return [r for r in round_[scenario]["turns"] if r["conversation"] == name]
+
+    def ttft(records: list[dict[str, Any]], turn: int) -> float:
+        return _median_or_nan(_turn_values(records, "ttftMs", range(turn, turn + 1)))
+
+    pairs = [(round_, name) for round_ in rounds for name in names]
+    last_over_first = [ttft(turns(r, "single", n), last) / ttft(turns(r, "single", n), 1) for r, n in pairs]
+    over_single = [
+        _median_or_nan(_turn_values(turns(r, "alternating", n), "ttftMs", later))
+        / _median_or_nan(_turn_values(turns(r, "single", n), "ttftMs", later))
+        for r, n in pairs
+    ]
+    stateless_over = [
+        ttft(turns(r, "stateless", n), last) / ttft(turns(r, "alternating", n), last) for r, n in pairs
+    ]
+    figures: dict[str, Any] = {"turns": last, "maxTokens": raw["maxTokens"]}
+    for scenario in ("single", "alternating", "stateless"):
+        records = [record for round_ in rounds for record in round_[scenario]["turns"]]
+        figures[scenario] = {
+            "byTurn": [_session_turn(records, turn) for turn in range(1, last + 1)],
+            "laterTtftMs": summarize(_turn_values(records, "ttftMs", later)),
+            "clientOverServerMs": summarize(
+                [r["ttftMs"] - r["serverTtftMs"] for r in records if r["ttftMs"] and r["serverTtftMs"]]
+            ),
+            "otherCores": max(round_[scenario]["otherCores"] for round_ in rounds),
+        }
+    figures["single"]["lastOverFirst"] = summarize(_finite(last_over_first))
+    figures["alternating"]["overSingle"] = summarize(_finite(over_single))
+    # The same with means, pooled over rounds and conversations (a slow outlier counts fully).
+    alternating_later, single_later = (
+        _values([r for round_ in rounds for r in round_[scenario]["turns"] if r["turn"] in later], "ttftMs")
+        for scenario in ("alternating", "single")
+    )
+    figures["alternating"]["overSingleMeans"] = (
+        statistics.fmean(alternating_later) / statistics.fmean(single_later)
+        if alternating_later and single_later
+        else None
+    )
+    figures["stateless"]["lastOverAlternating"] = summarize(_finite(stateless_over))
+    figures["checks"] = _session_checks(rounds)
+    return figures
+
+
+def _finite(values: list[float]) -> list[float]:
+    return [value for value in values if not math.isnan(value)]
+
+
+def _session_turn(records: list[dict[str, Any]], turn: int) -> dict[str, Any]:
+    at = [r for r in records if r["turn"] == turn]
+    return {
+        "turn": turn,
+        "ttftMs": summarize(_values(at, "ttftMs")),
+        "serverTtftMs": summarize(_values(at, "serverTtftMs")),
+        "promptMs": summarize(_values(at, "promptMs")),
+        "promptTokens": summarize(_values(at, "promptTokens")),
+        "evaluatedTokens": summarize(_values(at, "evaluatedTokens")),
+    }
+
+
+def _session_checks(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alternating sessions give the single sessions' greedy replies (first round: texts kept);
+    the stateless prompts are the single sessions' prompts (same token counts); no history dropped."""
+
+    def keyed(round_: dict[str, Any], scenario: str) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(r["conversation"], r["turn"]): r for r in round_[scenario]["turns"]}
+
+    first_single, first_alternating = keyed(rounds[0], "single"), keyed(rounds[0], "alternating")
+    same = [first_alternating[key]["text"] == record["text"] for key, record in first_single.items()]
+    prompts = [
+        keyed(round_, "stateless")[key]["promptTokens"] == record["promptTokens"]
+        for round_ in rounds
+        for key, record in keyed(round_, "single").items()
+    ]
+    dropped = sum(
+        held["droppedMessages"]
+        for round_ in rounds
+        for scenario in ("single", "alternating")
+        for held in round_[scenario]["sessions"].values()
+    )
+    return {
+        "sameRepliesAlternatingAsSingle": f"{sum(same)}/{len(same)}",
+        "samePromptTokensStatelessAsSingle": f"{sum(prompts)}/{len(prompts)}",
+        "droppedMessages": dropped,
+    }

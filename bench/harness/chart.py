@@ -1,4 +1,4 @@
-"""The picture of a run (``latest.png``): speed, latency, memory, concurrency and the targets."""
+"""The picture of a run (``latest.png``): speed, latency, memory, concurrency, chat sessions, targets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .config import SYSTEMS  # noqa: E402
 
@@ -124,6 +125,57 @@ def _targets(ax: Axes, targets: list[dict[str, Any]]) -> None:
         )
 
 
+_SESSION_LINES = (
+    ("single", "one session", "#2e86de"),
+    ("alternating", "two sessions, alternating", "#e67e22"),
+    ("stateless", "stateless: whole history each turn", "#7f8c8d"),
+)
+
+
+def _session_lines(ax: Axes, sessions: dict[str, Any], field: str, *, band: bool) -> None:
+    """One line per scenario: the median by turn; with ``band``, shaded from min to max."""
+    for key, label, color in _SESSION_LINES:
+        by_turn = sessions[key]["byTurn"]
+        turns = [turn["turn"] for turn in by_turn]
+        ax.plot(turns, [t[field]["median"] for t in by_turn], marker="o", color=color, label=label)
+        if band:
+            low, high = [t[field]["min"] for t in by_turn], [t[field]["max"] for t in by_turn]
+            ax.fill_between(turns, low, high, color=color, alpha=0.15, linewidth=0)
+    ax.set_xticks(range(1, sessions["turns"] + 1))
+    ax.set_xlabel("turn", fontsize=9)
+
+
+def _sessions_ttft(ax: Axes, sessions: dict[str, Any]) -> None:
+    _session_lines(ax, sessions, "ttftMs", band=True)
+    first = sessions["single"]["byTurn"][0]["ttftMs"]["median"]
+    if _ok(first):
+        ax.axhline(
+            1.3 * first, color="#c0392b", linestyle=":", linewidth=1.2, label="1.3 × turn 1, one session"
+        )
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _position: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.legend(loc="upper left", fontsize=8)
+    ratio, over = (
+        sessions["single"]["lastOverFirst"]["median"],
+        sessions["alternating"]["overSingle"]["median"],
+    )
+    ax.set_title(
+        f"Chat sessions: TTFT by turn (ms, log scale; median, min–max)\n"
+        f"turn {sessions['turns']} ÷ turn 1: {ratio:.2f}×   alternating ÷ one session: {over:.2f}×",
+        fontsize=11,
+    )
+
+
+def _sessions_evaluated(ax: Axes, sessions: dict[str, Any]) -> None:
+    _session_lines(ax, sessions, "evaluatedTokens", band=False)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Prompt tokens evaluated per turn (the rest reused)", fontsize=11)
+
+
 def _reference(ax: Axes, value: float | None, label: str) -> None:
     """A dotted line across the panel at ``value``, named in a legend."""
     if value is not None and _ok(value):
@@ -136,8 +188,10 @@ def draw(path: Path, results: dict[str, Any]) -> None:
     systems, settings = figures["systems"], meta["settings"]
     single = systems.get("llama-cpp-python", {}).get("decodeTps", {}).get("median")
     throughput = systems.get("llama-cpp-python", {}).get("shortThroughputTps")
-    fig = plt.figure(figsize=(18, 14))
-    grid = fig.add_gridspec(3, 3, height_ratios=(1, 1, 0.55))
+    sessions = figures.get("sessions")
+    heights = (1.0, 1.0, 0.85, 0.6) if sessions else (1.0, 1.0, 0.55)
+    fig = plt.figure(figsize=(18, 14 + (4 if sessions else 0)))
+    grid = fig.add_gridspec(len(heights), 3, height_ratios=heights)
     panels = [[fig.add_subplot(grid[row, column]) for column in range(3)] for row in range(2)]
     decode_notes = _ratio_notes(systems, "decodeTps", "decodeRatio", 1)
     _bars(
@@ -161,7 +215,10 @@ def draw(path: Path, results: dict[str, Any]) -> None:
     _bars(panels[1][0], systems, "promptTps", title, prompt_notes, upper="max")
     _memory(panels[1][1], systems)
     _concurrency(panels[1][2], figures["concurrency"], throughput)
-    _targets(fig.add_subplot(grid[2, :]), figures["targets"])
+    if sessions:
+        _sessions_ttft(fig.add_subplot(grid[2, :2]), sessions)
+        _sessions_evaluated(fig.add_subplot(grid[2, 2]), sessions)
+    _targets(fig.add_subplot(grid[len(heights) - 1, :]), figures["targets"])
     mode = " — QUICK MODE (smoke test, not a measurement)" if settings["quick"] else ""
     others = meta["noise"]["otherCoresAverage"]
     mode += (

@@ -50,6 +50,9 @@ class Settings:
     streams: tuple[int, ...]
     long_prompt_tokens: int
     attempts: int
+    session_turns: int  # turns of each chat-session conversation (harness/sessions.py)
+    session_rounds: int
+    session_max_tokens: int
 
     @property
     def tmp(self) -> Path:
@@ -78,6 +81,9 @@ class Settings:
             streams=(1, 2) if quick else (1, 2, 4),
             long_prompt_tokens=256 if quick else 1500,
             attempts=1 if quick else 3,
+            session_turns=3 if quick else 10,
+            session_rounds=1 if quick else 3,
+            session_max_tokens=16 if quick else 48,
         )
 
 

@@ -22,11 +22,11 @@ class DriverError(RuntimeError):
 
 
 class Driver:
-    """One system's driver process; its stderr goes to ``<log_dir>/<key>.log``."""
+    """One system's driver process; its stderr goes to ``<log_dir>/<log_name or key>.log``."""
 
-    def __init__(self, key: str, log_dir: Path) -> None:
+    def __init__(self, key: str, log_dir: Path, log_name: str | None = None) -> None:
         self.key = key
-        self.log_path = log_dir / f"{key}.log"
+        self.log_path = log_dir / f"{log_name or key}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .analysis import session_targets
 from .config import SYSTEMS
 
 __all__ = ["markdown", "write_json"]
@@ -149,6 +150,56 @@ def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
     return _table(["target", "measured", "goal", "verdict"], rows)
 
 
+def _sessions_section(sessions: dict[str, Any], targets: list[dict[str, Any]]) -> list[str]:
+    last, single, alternating, stateless = (
+        sessions["turns"],
+        sessions["single"],
+        sessions["alternating"],
+        sessions["stateless"],
+    )
+    scenarios = (single, alternating, stateless)
+    rows = []
+    for index in range(last):
+        turns = [scenario["byTurn"][index] for scenario in scenarios]
+        row = [str(index + 1), _num(turns[0]["promptTokens"]["median"], 0)]
+        for turn in turns:
+            row += [_spread(turn["ttftMs"]), _num(turn["evaluatedTokens"]["median"], 0)]
+        rows.append(row)
+    header = ["turn", "prompt tokens", "one session: TTFT (ms)", "evaluated",
+              "two alternating sessions: TTFT (ms)", "evaluated", "stateless, whole history: TTFT (ms)",
+              "evaluated"]  # fmt: skip
+    checks = sessions["checks"]
+    client_over_server = " / ".join(
+        _num(scenario["clientOverServerMs"]["median"], 2) for scenario in scenarios
+    )
+    return [
+        f"Two conversations of {last} short user messages under one system prompt, greedy, "
+        f"maxTokens {sessions['maxTokens']} per reply, through the Python client: one session at a time, "
+        "two sessions alternating turn by turn on one model, and the same alternating conversation "
+        "without sessions (`messages` with the whole history each turn). TTFT is taken at the client "
+        "(call → first text); median (min–max) over rounds and both conversations. *Evaluated*: the "
+        "prompt's tokens minus the prefix llama-cpp-python reused (from the sidecar's log).",
+        "",
+        *_targets_table(targets),
+        "",
+        *_table(header, rows),
+        "",
+        f"- turn {last} ÷ turn 1, one session (pairs: same round and conversation): "
+        f"{_spread(single['lastOverFirst'], 3)}",
+        f"- TTFT turns 2–{last}: one session {_spread(single['laterTtftMs'])} ms, alternating "
+        f"{_spread(alternating['laterTtftMs'])} ms; alternating ÷ one session: "
+        f"{_spread(alternating['overSingle'], 3)} (pairs: same round and conversation; ratio of the means: "
+        f"{_num(alternating['overSingleMeans'], 3)})",
+        f"- stateless ÷ alternating sessions at turn {last}: {_spread(stateless['lastOverAlternating'], 2)}",
+        f"- client TTFT − the sidecar's own `ttftMs`, median (one / alternating / stateless): "
+        f"{client_over_server} ms",
+        f"- checks: alternating sessions gave the single sessions' greedy replies "
+        f"{checks['sameRepliesAlternatingAsSingle']} (first round); stateless prompts of the same length as "
+        f"the sessions' {checks['samePromptTokensStatelessAsSingle']}; history dropped to fit the context: "
+        f"{checks['droppedMessages']} messages",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, figures, settings = results["meta"], results["figures"], results["meta"]["settings"]
     noise = meta["noise"]
@@ -185,4 +236,11 @@ def markdown(results: dict[str, Any]) -> str:
         *_concurrency_table(figures["concurrency"]),
         "",
     ]
+    if "sessions" in figures:
+        lines += [
+            "## Chat sessions (Python client, one sidecar)",
+            "",
+            *_sessions_section(figures["sessions"], session_targets(figures["sessions"])),
+            "",
+        ]
     return "\n".join(lines)

@@ -59,8 +59,9 @@ class FreeEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def load(self, path: str, options: Any) -> Any:
-        return FreeGeneration(self._engine.load(path, options))
+    def load(self, path: str, options: Any, **keywords: Any) -> Any:
+        """The real load (with whatever keywords the service passes: progress, cancellation)."""
+        return FreeGeneration(self._engine.load(path, options, **keywords))
 
 
 if __name__ == "__main__":

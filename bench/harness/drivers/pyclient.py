@@ -3,7 +3,9 @@
 Spawns ``python -m sidecar`` (its stderr goes to this driver's stderr, the
 log), and measures every call from this side of the pipe: spawn to
 ``initialize`` answered, ``loadModel`` round trip, each ``promptStream`` chunk
-as it arrives, ``ping`` round trips.
+as it arrives, ``ping`` round trips. ``generate`` takes a raw ``prompt``, chat
+``messages`` or a session turn (``sessionId`` + ``text``, sessions made with
+``createSession`` and ended with ``closeSession``).
 """
 
 from __future__ import annotations
@@ -64,16 +66,33 @@ def load(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_PROMPT_FIELDS = ("prompt", "messages", "sessionId", "text")
+
+
 def generate(params: dict[str, Any]) -> dict[str, Any]:
+    """One greedy ``promptStream``: a raw ``prompt``, ``messages``, or ``sessionId`` + ``text``."""
+    what = {field: params[field] for field in _PROMPT_FIELDS if field in params}
     timeline = Timeline()
-    stream = _state["client"].prompt_stream(
-        prompt=params["prompt"], maxTokens=params["maxTokens"], temperature=0
-    )
+    stream = _state["client"].prompt_stream(**what, maxTokens=params["maxTokens"], temperature=0)
     for chunk in stream:
         timeline.text(chunk["content"])
     result = stream.result()
     usage = result["usage"]
     return timeline.result(usage["completionTokens"], usage["promptTokens"], result["timings"])
+
+
+def create_session(params: dict[str, Any]) -> dict[str, Any]:
+    info = _state["client"].create_session(systemPrompt=params["systemPrompt"])
+    return {"sessionId": info["sessionId"], "contextSize": info["contextSize"]}
+
+
+def get_session(params: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = _state["client"].request("getSession", {"sessionId": params["sessionId"]})
+    return {"messages": len(info["messages"]), "droppedMessages": info["droppedMessages"]}
+
+
+def close_session(params: dict[str, Any]) -> dict[str, Any]:
+    return {"closed": _state["client"].close_session(params["sessionId"])}
 
 
 def ping(params: dict[str, Any]) -> dict[str, Any]:
@@ -93,5 +112,15 @@ def _close() -> None:
 
 if __name__ == "__main__":
     serve(
-        {"start": start, "load": load, "generate": generate, "ping": ping, "spawnProbe": spawn_probe}, _close
+        {
+            "start": start,
+            "load": load,
+            "generate": generate,
+            "ping": ping,
+            "spawnProbe": spawn_probe,
+            "createSession": create_session,
+            "getSession": get_session,
+            "closeSession": close_session,
+        },
+        _close,
     )
