@@ -320,6 +320,7 @@ class ModelService:
 
         def replace_history() -> None:
             session.messages, session.dropped_messages, session.snapshot = messages, 0, None
+            session.prefix_text, session.prefix_tokens = "", ()
 
         await self._after_queued_work(session, replace_history)
         return session
@@ -407,7 +408,6 @@ class ModelService:
         received_ns: int,
     ) -> GenerationResult:
         """The worker-thread side of a prompt: build its tokens, take the context, generate, time."""
-        started_ns = time.monotonic_ns()
         engine_model = model.engine_model
         pieces: list[str] = []
 
@@ -432,19 +432,24 @@ class ModelService:
             tokens, template_stops = engine_model.tokenize(request.prompt or ""), ()
         if template_stops:
             sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))
-        if should_stop():  # cancelled while queued: do not touch the model, nor the history
+        cancelled_while_queued = should_stop()  # then neither the model nor the history is touched
+        if not cancelled_while_queued:
+            self._hand_context_to(model, session)
+        # Everything before generation (queue, template, tokens, a session's context switch)
+        # counts in the time to first token.
+        ready_ns = time.monotonic_ns()
+        if cancelled_while_queued:
             outcome = GenerationOutcome("cancelled", len(tokens), 0, 0, 0)
         else:
-            self._hand_context_to(model, session)
             outcome = engine_model.generate(tokens, sampling, collect, should_stop)
             if session is not None and turn is not None:
-                _append_turn(session, turn, request.text or "", "".join(pieces))
+                _append_turn(engine_model, session, turn, request.text or "", outcome, "".join(pieces))
         return GenerationResult(
             text="".join(pieces),
             finish_reason=outcome.finish_reason,
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
-            timings=_timings(outcome, (started_ns - received_ns) / 1e6),
+            timings=_timings(outcome, (ready_ns - received_ns) / 1e6),
         )
 
     async def _loads_settled(self) -> None:
@@ -591,12 +596,20 @@ class ModelService:
         return self._engine
 
 
-def _append_turn(session: Session, turn: TurnPrompt, text: str, reply: str) -> None:
+def _append_turn(
+    model: EngineModel, session: Session, turn: TurnPrompt, text: str, outcome: GenerationOutcome, reply: str
+) -> None:
     """Keep a turn that ran: the user's text and the reply as far as it got."""
     if session.closed:
         return
     session.messages = (*turn.history, ChatMessage("user", text), ChatMessage("assistant", reply))
     session.dropped_messages += turn.dropped
+    # The reply's tokens stand for its text only when nothing was cut (a stop string) or left
+    # out (invalid UTF-8); otherwise the next turn tokenizes the whole prompt again.
+    if model.detokenize(outcome.tokens) == reply.encode("utf-8"):
+        session.prefix_text, session.prefix_tokens = turn.text + reply, (*turn.tokens, *outcome.tokens)
+    else:
+        session.prefix_text, session.prefix_tokens = "", ()
 
 
 def _timings(outcome: GenerationOutcome, queued_ms: float) -> Timings:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engine.api import ChatMessage, ContextSnapshot, EngineModel
+from .engine.api import ChatMessage, ContextSnapshot, EngineModel, RenderedChat
 from .errors import ContextOverflow
 
 __all__ = ["Session", "TurnPrompt", "reply_reserve", "turn_prompt"]
@@ -30,6 +30,12 @@ class Session:
     dropped_messages: int = 0  # dropped to fit the context since the history was last set
     # The session's evaluated context, saved while another prompt uses the model.
     snapshot: ContextSnapshot | None = None
+    # The last turn's rendered prompt and reply, and the very tokens the model read and
+    # wrote for them: the next turn's prompt starts with this text, and reusing these
+    # tokens keeps its start identical to the context even where the reply's text would
+    # tokenize differently from how it was generated.
+    prefix_text: str = ""
+    prefix_tokens: tuple[int, ...] = ()
     last_used: float = 0.0  # time.monotonic(); the least recently used snapshots go first
     closed: bool = False
 
@@ -38,6 +44,7 @@ class Session:
 class TurnPrompt:
     """The tokens of a turn's prompt and the history they were built from."""
 
+    text: str  # the rendered prompt
     tokens: list[int]
     stops: tuple[str, ...]  # the chat template's own stop strings
     history: tuple[ChatMessage, ...]  # the session's history after any drop
@@ -66,20 +73,30 @@ def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -
     turn = ChatMessage("user", text)
     history = session.messages
     limit = session.context_size - reserve
-    tokens, stops = model.chat_prompt(_conversation(session, history, turn))
+    rendered = model.render_chat(_conversation(session, history, turn))
+    tokens = _tokens(model, session, rendered)
     if len(tokens) <= limit:
-        return TurnPrompt(tokens, stops, history, 0)
+        return TurnPrompt(rendered.text, tokens, rendered.stops, history, 0)
     target = min(limit, session.context_size // 2)
     while history and len(tokens) > target:
         history = history[_first_turn_length(history) :]
-        tokens, stops = model.chat_prompt(_conversation(session, history, turn))
+        rendered = model.render_chat(_conversation(session, history, turn))
+        tokens = _tokens(model, session, rendered)
     if len(tokens) > limit:
         raise ContextOverflow(
             f"The message takes {len(tokens)} tokens with the system prompt; "
             f"the session's context holds {session.context_size}, {reserve} of them kept for the reply.",
             {"promptTokens": len(tokens), "contextSize": session.context_size},
         )
-    return TurnPrompt(tokens, stops, history, len(session.messages) - len(history))
+    return TurnPrompt(rendered.text, tokens, rendered.stops, history, len(session.messages) - len(history))
+
+
+def _tokens(model: EngineModel, session: Session, rendered: RenderedChat) -> list[int]:
+    """The prompt's tokens: the last turn's own tokens, then the new text's, when it extends that turn."""
+    if session.prefix_tokens and rendered.text.startswith(session.prefix_text):
+        rest = rendered.text[len(session.prefix_text) :]
+        return [*session.prefix_tokens, *model.tokenize(rest, add_bos=False)]
+    return model.tokenize(rendered.text, add_bos=rendered.add_bos)
 
 
 def _conversation(session: Session, history: tuple[ChatMessage, ...], turn: ChatMessage) -> list[ChatMessage]:

@@ -15,6 +15,7 @@ from typing import Any
 from .harness import RawSidecar
 
 GREEDY = {"temperature": 0, "seed": 1}
+LETTERS = "root ::= [a-z ]+"
 PREFIX_HIT = re.compile(rb"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens")
 
 
@@ -38,11 +39,18 @@ def test_turns_extend_the_history_and_evaluate_only_new_tokens(loaded: RawSideca
     session = loaded.request("createSession", {"systemPrompt": "You are terse."})
     assert session["messages"] == [] and session["droppedMessages"] == 0
     assert session["contextSize"] == 2048  # the model's
-    replies, prompt_tokens = [], []
+    replies, prompt_tokens, completion_tokens = [], [], []
     for text in ("hello", "and then?", "thanks"):
-        result = _turn(loaded, session["sessionId"], text)
+        # Letters only: the random model's replies are then valid text (not arbitrary bytes,
+        # which the reply leaves out), yet generated a token at a time, as a real model may,
+        # not as the text would tokenize.
+        result = loaded.request(
+            "prompt",
+            {"sessionId": session["sessionId"], "text": text, "maxTokens": 8, "grammar": LETTERS, **GREEDY},
+        )
         replies.append(result["text"])
         prompt_tokens.append(result["usage"]["promptTokens"])
+        completion_tokens.append(result["usage"]["completionTokens"])
     history = loaded.request("getSession", {"sessionId": session["sessionId"]})
     assert history["systemPrompt"] == "You are terse."
     assert history["messages"] == [
@@ -53,13 +61,14 @@ def test_turns_extend_the_history_and_evaluate_only_new_tokens(loaded: RawSideca
     assert prompt_tokens[0] < prompt_tokens[1] < prompt_tokens[2]
     loaded.request("ping")  # the log lines of the last turn are written before its response
     hits = _prefix_hits(loaded)
-    # Turns 2 and 3 reuse everything the previous turn evaluated (its prompt and reply
-    # but the last token) and evaluate only the reply's end and the new message.
+    # Turns 2 and 3 reuse everything the previous turn evaluated: its prompt and its reply
+    # but the last token, which was generated and never fed back. The session keeps the
+    # reply's own tokens, so a reply whose text would tokenize otherwise is reused too.
     assert len(hits) >= 2
-    for (reused, evaluated), previous_prompt, total in zip(
-        hits[-2:], prompt_tokens[:2], prompt_tokens[1:], strict=True
+    for (reused, evaluated), previous_prompt, previous_reply, total in zip(
+        hits[-2:], prompt_tokens[:2], completion_tokens[:2], prompt_tokens[1:], strict=True
     ):
-        assert reused >= previous_prompt
+        assert reused == previous_prompt + previous_reply - 1
         assert reused + evaluated == total
         assert evaluated < total / 2
 

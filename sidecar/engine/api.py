@@ -22,6 +22,7 @@ __all__ = [
     "LoadProgress",
     "ModelFacts",
     "ModelSummary",
+    "RenderedChat",
     "SamplingOptions",
     "StopCheck",
 ]
@@ -85,6 +86,16 @@ class GenerationOutcome:
     completion_tokens: int
     prompt_ns: int  # start of generation -> first token sampled (prompt processing)
     decode_ns: int  # first token -> last token
+    tokens: tuple[int, ...] = ()  # the tokens generated, an end-of-generation token not included
+
+
+@dataclass(slots=True, frozen=True)
+class RenderedChat:
+    """Messages rendered with a model's chat template, before tokenization."""
+
+    text: str
+    stops: tuple[str, ...]  # the template's own stop strings
+    add_bos: bool  # whether tokenizing ``text`` adds the model's BOS (the template may write it)
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,6 +114,10 @@ class EngineModel(Protocol):
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
         """Tokens of ``messages`` rendered with the model's own chat template, and its stop strings."""
+        ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> RenderedChat:
+        """``messages`` rendered with the model's chat template, generation prompt appended."""
         ...
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:

@@ -43,6 +43,7 @@ from .api import (
     LoadProgress,
     ModelFacts,
     ModelSummary,
+    RenderedChat,
     SamplingOptions,
     StopCheck,
 )
@@ -293,6 +294,10 @@ class LlamaCppModel:
         return b"".join(_token_bytes(self._vocab, token, special) for token in tokens)
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        rendered = self.render_chat(messages)
+        return self.tokenize(rendered.text, add_bos=rendered.add_bos), rendered.stops
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> RenderedChat:
         if self._chat is None:
             raise InvalidParams(
                 "Invalid params: this model has no chat template; send 'prompt' instead of 'messages'.",
@@ -305,11 +310,8 @@ class LlamaCppModel:
             raise InvalidParams(
                 f"Invalid params: the chat template refused 'messages': {exc}.", {"field": "messages"}
             ) from exc
-        tokens: list[int] = self._llm.tokenize(
-            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
-        )
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return tokens, tuple(stops)
+        return RenderedChat(rendered.prompt, tuple(stops), add_bos=not rendered.added_special)
 
     def grammar_for(self, gbnf: str | None, json_schema: dict[str, object] | None) -> str | None:
         if json_schema is not None:
@@ -367,7 +369,7 @@ class LlamaCppModel:
         llama_cpp.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
         started = time.perf_counter_ns()
         first_token_at = last_token_at = 0
-        produced = 0
+        produced: list[int] = []
         finish: FinishReason = "length"
         tokens = llm.generate(
             prompt_tokens,
@@ -392,13 +394,13 @@ class LlamaCppModel:
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     finish = "stop"
                     break
-                produced += 1
+                produced.append(token)
                 if text := assembler.push(self._piece(token)):
                     on_text(text)
                 if assembler.stopped:
                     finish = "stop"
                     break
-                if produced >= budget:
+                if len(produced) >= budget:
                     break
         except RuntimeError as exc:
             if not should_stop():
@@ -414,9 +416,10 @@ class LlamaCppModel:
         return GenerationOutcome(
             finish_reason=finish,
             prompt_tokens=len(prompt_tokens),
-            completion_tokens=produced,
+            completion_tokens=len(produced),
             prompt_ns=(first_token_at or end) - started,
             decode_ns=end - (first_token_at or end),
+            tokens=tuple(produced),
         )
 
     def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:

@@ -462,7 +462,7 @@ export interface Usage {
  */
 export interface Timings {
   /**
-   * From the request's arrival to the first generated token (queueing and prompt processing included).
+   * From the request's arrival to the first generated token: queueing, preparing the prompt (a session's context switch included) and prompt processing.
    */
   ttftMs: number;
   /**
