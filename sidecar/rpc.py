@@ -12,8 +12,8 @@ means, and nothing of models or llama.cpp.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -56,19 +56,23 @@ Send: TypeAlias = Callable[[bytes], None]
 
 
 class CancelToken:
-    """A flag set once by ``cancel``; read from any thread, including native callbacks."""
+    """A flag set once by ``cancel``; read from any thread, including native callbacks.
 
-    __slots__ = ("_event",)
+    A plain attribute: the GIL makes its write visible to every thread, and it
+    costs a request nothing (a ``threading.Event`` took about 2 µs to make).
+    """
+
+    __slots__ = ("_cancelled",)
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._cancelled = False
 
     def cancel(self) -> None:
-        self._event.set()
+        self._cancelled = True
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
 
 @dataclass(slots=True)
@@ -300,6 +304,9 @@ class Dispatcher:
                     self._initializing.set_result(None)
                     self._initializing = None
 
+        # jsonrpcserver checks that params bind to the method's signature on every request;
+        # this one binds anything, and a precomputed signature spares the inspection (~10 µs).
+        call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]
         return call
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

@@ -95,8 +95,11 @@ def _inline(schema: Any, resolver: Any) -> Any:  # referencing does not export i
 def params_validator(method: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A function that returns valid params unchanged or raises ``InvalidParams``."""
     validator = validator_for(f"methods/{method}.json#/$defs/params")
+    empty_is_valid = validator.is_valid({})  # ping, listModels, …: most calls send no params
 
     def validate(params: dict[str, Any]) -> dict[str, Any]:
+        if not params and empty_is_valid:
+            return params
         if validator.is_valid(params):  # stops at the first failure; errors are described only then
             return params
         error = best_match(validator.iter_errors(params))
