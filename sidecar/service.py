@@ -40,7 +40,7 @@ from .engine.api import (
     SamplingOptions,
     StopCheck,
 )
-from .errors import InvalidParams, NoModelLoaded, UnknownModelId, UnknownSessionId
+from .errors import InvalidParams, NoModelLoaded, RequestCancelled, UnknownModelId, UnknownSessionId
 from .sessions import Session, TurnPrompt, reply_reserve, turn_prompt
 
 _T = TypeVar("_T")
@@ -216,6 +216,10 @@ class ModelService:
         except BaseException:
             worker.shutdown(wait=False)
             raise
+        if should_stop():  # cancelled as the engine finished: free the model all the same
+            await asyncio.get_running_loop().run_in_executor(worker, engine_model.close)
+            worker.shutdown(wait=False)
+            raise RequestCancelled(f"The load of {path} was cancelled.")
         load_ms = (time.perf_counter() - started) * 1000
         progress(1.0)
         if model_id in self._models:
