@@ -14,9 +14,10 @@ PROMPT ?= Explain in three sentences why the sky is blue.
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
 
-test: check $(NODE_DIR)/node_modules/.installed browser
+test: check $(NODE_DIR)/node_modules/.installed browser bench/.installed
 	$(PY) -m pytest
 	cd $(NODE_DIR) && npm test
+	$(MAKE) --no-print-directory bench-smoke
 
 # The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/latest.*
 bench: bench/.installed $(NODE_DIR)/node_modules/.installed
