@@ -30,7 +30,22 @@ from .harness import RawSidecar
 
 EXAMPLES = int(os.environ.get("SIDECAR_FUZZ_EXAMPLES", "250"))
 # shutdown would end the run; unloadModel is fuzzed through made-up ids only.
-METHODS = ["initialize", "loadModel", "listModels", "prompt", "promptStream", "cancel", "ping"]
+METHODS = [
+    "initialize",
+    "loadModel",
+    "listModels",
+    "prompt",
+    "promptStream",
+    "cancel",
+    "ping",
+    "createSession",
+    "getSession",
+    "resetSession",
+    "setSessionHistory",
+    "closeSession",
+]
+# Opened before the fuzzing starts: fuzzed requests name it, and may prompt, reset or close it.
+LIVE_SESSION = "session-1"
 PARAM_NAMES = [
     "modelPath",
     "modelId",
@@ -42,6 +57,10 @@ PARAM_NAMES = [
     "stop",
     "requestId",
     "seed",
+    "sessionId",
+    "text",
+    "systemPrompt",
+    "contextSize",
 ]
 
 json_values = st.recursive(
@@ -66,12 +85,16 @@ class Fuzzer:
         self.expected: set[str] = set()  # ids that must get exactly one response
         self.lines_by_id: dict[str, bytes] = {}  # to show what an unanswered request was
         self.valid_streams: set[str] = set()
+        # Every id a sent line carried: an invalid request is answered with its own id
+        # when it has a readable one, even one the fuzzer did not make.
+        self.sent_ids: set[Any] = set()
         self.sent = 0
 
     def new_id(self) -> str:
         return f"fz-{next(self._ids)}"
 
     def send_line(self, line: bytes) -> None:
+        self.sent_ids |= _readable_ids(line)
         self.sidecar.send_bytes(line.replace(b"\n", b" ") + b"\n")
         self.sent += 1
 
@@ -129,7 +152,7 @@ class Fuzzer:
             )
             time.sleep(0.01)
         assert not self.sidecar.bad_lines, self.sidecar.bad_lines[:3]
-        unexpected = {key for key in responses if key is not None and key not in self.expected}
+        unexpected = {key for key in responses if key is not None and key not in self.sent_ids}
         assert not unexpected, f"responses to ids never sent as requests: {unexpected}"
         assert all(responses[request_id] == 1 for request_id in self.expected), "a request answered twice"
         assert all(count == 1 for count in finals.values()), "a stream without exactly one final chunk"
@@ -141,6 +164,21 @@ class Fuzzer:
     def _drain(self) -> Iterator[Any]:
         while not self.sidecar.messages.empty():
             yield self.sidecar.messages.get_nowait()
+
+
+def _readable_ids(line: bytes) -> set[Any]:
+    """The ids of the objects a line holds, alone or in a batch (what a response may carry)."""
+    try:
+        value = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return set()
+    return {
+        item["id"]
+        for item in (value if isinstance(value, list) else [value])
+        if isinstance(item, dict)
+        and isinstance(item.get("id"), str | int | float)
+        and not isinstance(item.get("id"), bool)
+    }
 
 
 @st.composite
@@ -162,6 +200,8 @@ def rpc_shapes(draw: st.DrawFn, fuzzer: Fuzzer) -> Any:
     if draw(st.integers(0, 4)) > 0:
         keys = st.sampled_from(PARAM_NAMES) | st.text(max_size=8)
         message["params"] = draw(st.dictionaries(keys, json_values, max_size=4) | json_values)
+        if isinstance(message["params"], dict) and draw(st.integers(0, 3)) == 0:
+            message["params"]["sessionId"] = LIVE_SESSION
     return message
 
 
@@ -185,6 +225,7 @@ def fuzz_target(tiny_model: Path) -> Iterator[Fuzzer]:
     sidecar.request(
         "loadModel", {"modelPath": str(tiny_model), "modelId": "tiny", "contextSize": 256, "threads": 1}
     )
+    assert sidecar.request("createSession", {"contextSize": 128})["sessionId"] == LIVE_SESSION
     fuzzer = Fuzzer(sidecar)
     yield fuzzer
     fuzzer.audit()
