@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import signal
@@ -47,6 +46,7 @@ class Server:
         engine_factory: Callable[[], Engine],
     ) -> None:
         self._source = source
+        self._sink = sink
         self._writer = LineWriter(sink)
         self._max_line_bytes = settings.max_line_bytes
         self._service = ModelService(
@@ -68,7 +68,7 @@ class Server:
         """Serve until told to stop; return the process exit status."""
         self._loop = asyncio.get_running_loop()
         self._install_signal_handlers()
-        pipe = _pipe_descriptor(self._source)
+        pipe = _pipe_descriptor(self._source, self._sink)
         if pipe is None or not self._read_on_loop(pipe):
             threading.Thread(target=self._read_input, name="stdin-reader", daemon=True).start()
         watcher = asyncio.create_task(self._watch_parent(os.getppid()))
@@ -165,14 +165,19 @@ class Server:
         self._request_stop("parent process exited")
 
 
-def _pipe_descriptor(source: ByteSource) -> int | None:
+def _pipe_descriptor(source: ByteSource, sink: BinaryIO) -> int | None:
     """The descriptor of ``source`` if the event loop can watch it (a pipe or socket), else None.
 
-    Regular files and terminals cannot be polled; they are read on a thread.
+    Regular files and terminals cannot be polled; they are read on a thread. So
+    is a socket that also carries the output: reading it non-blocking would make
+    the writes non-blocking too.
     """
     try:
         fd: int = source.fileno()  # type: ignore[attr-defined]
-        mode = os.fstat(fd).st_mode
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        read_end = os.fstat(fd)
+        write_end = os.fstat(sink.fileno())
+    except (AttributeError, OSError, ValueError):
         return None
-    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+    if (read_end.st_dev, read_end.st_ino) == (write_end.st_dev, write_end.st_ino):
+        return None
+    return fd if stat.S_ISFIFO(read_end.st_mode) or stat.S_ISSOCK(read_end.st_mode) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,25 @@ def test_stdin_from_a_regular_file_is_read_too(tmp_path: Path) -> None:
     responses = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert [response["id"] for response in responses] == [1, 2]
     assert responses[1]["result"] == {}
+
+
+def test_one_socket_for_stdin_and_stdout_works() -> None:
+    # Reading such a socket non-blocking would make the writes non-blocking too: it is read on a thread.
+    host, child = socket.socketpair()
+    with host, child:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar"], stdin=child, stdout=child, stderr=subprocess.DEVNULL
+        )
+        try:
+            host.sendall(
+                b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.1"}}\n'
+                b'{"jsonrpc":"2.0","id":2,"method":"ping"}\n'
+            )
+            host.settimeout(30)
+            received = b""
+            while received.count(b"\n") < 2:
+                received += host.recv(65536)
+            assert [orjson.loads(line)["id"] for line in received.splitlines()] == [1, 2]
+        finally:
+            host.shutdown(socket.SHUT_WR)
+            assert process.wait(timeout=10) == 0
