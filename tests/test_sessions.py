@@ -165,6 +165,8 @@ def test_a_reset_queued_behind_a_turn_applies_after_it(loaded: RawSidecar) -> No
     reset = loaded.send_request("resetSession", {"sessionId": session_id})
     assert loaded.response(turn)["result"]["finishReason"] == "length"
     assert loaded.response(reset)["result"]["messages"] == []
+    # Applied at once, the reset would have been undone by the turn ending after it.
+    assert loaded.request("getSession", {"sessionId": session_id})["messages"] == []
 
 
 def test_a_session_outlives_an_unload_of_its_model(loaded: RawSidecar, tiny_model: Path) -> None:

@@ -345,11 +345,15 @@ describe('the model limit on the real sidecar (--max-models 2)', () => {
 describe('ChatSession worker timeouts (against the fake sidecar)', () => {
   /** The methods and ids the fake received, without its pid. */
   const calls = (received: string[]): string[] => received.map((line) => line.split(' ').slice(1).join(' '));
+  /** A service on the fake sidecar in `mode`, with a model loaded and a session open on it. */
+  const fakeSession = async (mode: string) => {
+    const { service, received } = fakeService(mode);
+    await service.loadModel('/fake.gguf');
+    return { service, received, session: await service.createSession() };
+  };
 
   test('a timed-out turn is cancelled, its partial turn taken back, then tried again: the history has it once', async () => {
-    const { service, received } = fakeService('session-cancel-first');
-    await service.loadModel('/fake.gguf');
-    const session = await service.createSession();
+    const { service, received, session } = await fakeSession('session-cancel-first');
     const chunks: LlmChunk[] = [];
     const result = await session.promptStream('hi', (chunk) => chunks.push(chunk));
     const history = await session.getHistory();
@@ -376,9 +380,7 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
   });
 
   test('prompt (not streamed) is retried the same way', async () => {
-    const { service, received } = fakeService('session-cancel-first');
-    await service.loadModel('/fake.gguf');
-    const session = await service.createSession();
+    const { service, received, session } = await fakeSession('session-cancel-first');
     assert.equal(await session.prompt('hi'), 'fake reply');
     assert.deepEqual(await session.getHistory(), [user('hi'), assistant('fake reply')]);
     await service.dispose();
@@ -386,9 +388,7 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
   });
 
   test('a whole reply that comes after the timeout is the result: not sent again, its chunks delivered', async () => {
-    const { service, received } = fakeService('session-late-answer');
-    await service.loadModel('/fake.gguf');
-    const session = await service.createSession();
+    const { service, received, session } = await fakeSession('session-late-answer');
     const chunks: LlmChunk[] = [];
     const result = await session.promptStream('hi', (chunk) => chunks.push(chunk));
     const history = await session.getHistory();
@@ -401,9 +401,7 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
   });
 
   test('a sidecar that answers ping but not the cancelled turn is not sent the turn again', async () => {
-    const { service, received } = fakeService('session-ignore-cancel');
-    await service.loadModel('/fake.gguf');
-    const session = await service.createSession();
+    const { service, received, session } = await fakeSession('session-ignore-cancel');
     const chunks: LlmChunk[] = [];
     const outcome = await session.promptStream('hi', (chunk) => chunks.push(chunk)).catch((error: unknown) => error);
     await service.dispose();
