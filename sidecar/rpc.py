@@ -214,12 +214,15 @@ class Dispatcher:
         """Check one request on arrival; return an error line, a call to run, or None."""
         try:
             request = _check_envelope(message)
-            gate = self._initialize_gate(request["method"])
         except SidecarError as error:
-            if isinstance(error, NotInitialized) and isinstance(message, dict) and "id" not in message:
-                return None  # notifications never get a reply, not even an error
             return _error_response(error, _usable_id(message))
         method, is_notification, request_id = request["method"], "id" not in request, request.get("id")
+        try:
+            gate = self._initialize_gate(method)
+        except SidecarError as error:
+            # A well-formed notification never gets a reply, not even "not initialized"
+            # or "shutting down".
+            return None if is_notification else _error_response(error, request_id)
         entry = self._methods.get(method)
         if is_notification and entry is not None and not entry.accepts_notification:
             log.debug("ignored %s sent as a notification", method)
@@ -288,7 +291,9 @@ class Dispatcher:
         async def call(context: RequestContext, *positional: object, **params: Any) -> Result:
             try:
                 if positional:
-                    raise InvalidParams("Invalid params: params must be an object (by-name), not an array.")
+                    raise InvalidParams(
+                        "Invalid params: params must be an object (by-name), not an array.", {"field": ""}
+                    )
                 result = await entry.handler(context, entry.validate_params(params))
                 if name == self._initialize_method:
                     self.initialized = True

@@ -207,8 +207,13 @@ def test_shutting_down_refuses_new_requests() -> None:
     async def scenario(h: Harness) -> None:
         await initialized(h)
         h.dispatcher.shutting_down = True
-        h.feed(request(1, "echo", {"text": "late"}))
-        assert (await h.settle())[0]["error"]["code"] == -32007
+        h.feed(
+            {"jsonrpc": "2.0", "method": "note", "params": {"text": "late"}},
+            request(1, "echo", {"text": "late"}),
+        )
+        responses = await h.settle()
+        # The notification, refused like the request, still gets no reply.
+        assert [(r["id"], r["error"]["code"]) for r in responses] == [(1, -32007)]
 
     run(scenario)
 

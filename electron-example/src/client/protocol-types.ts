@@ -554,7 +554,7 @@ export interface SessionInfo {
   droppedMessages: number;
 }
 /**
- * The error member of a JSON-RPC error response. data is present only for the codes that define it.
+ * The error member of a JSON-RPC error response. data is present exactly for the codes that define it.
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "error.json".
