@@ -213,8 +213,13 @@ class _Handlers:
             text_in = next(t for t in (request.prompt, request.messages, request.text) if t is not None)
             log.info("request %r text: %r -> %r", context.request_id, text_in, result.text)
         reply = _result(result)
-        if request.json_schema is not None and result.finish_reason == "stop":
-            # The grammar only lets generation end on complete JSON; a stop string may still cut it.
+        if (
+            request.json_schema is not None
+            and result.finish_reason == "stop"
+            and not result.cut_by_stop_string
+        ):
+            # The grammar lets generation end only on complete JSON; what a stop string cut
+            # short may still parse ("12" of "123"), so it is not offered as the reply's JSON.
             with contextlib.suppress(orjson.JSONDecodeError):
                 reply["json"] = orjson.loads(result.text)
         return reply

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# What a host learns of an unexpected failure: the details (a traceback) go to the log.
+_SEE_THE_LOG = "Internal error; see the sidecar's stderr log."
 
 RequestId: TypeAlias = str | int | float | None
 Params: TypeAlias = dict[str, Any]
@@ -281,9 +283,14 @@ class Dispatcher:
         finally:
             if not context.is_notification:
                 self._in_flight.pop(context.request_id, None)
-        return (
-            None if context.is_notification else orjson.dumps(to_serializable(to_response(request, result)))
-        )
+        if context.is_notification:
+            return None
+        try:
+            return orjson.dumps(to_serializable(to_response(request, result)))
+        except TypeError:  # orjson.JSONEncodeError too: a result JSON cannot carry (an int beyond 64 bits)
+            log.exception("%s: the result could not be encoded", call.request["method"])
+            unsendable = InternalError(_SEE_THE_LOG)
+            return _error_response(unsendable, context.request_id)
 
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""
@@ -303,7 +310,7 @@ class Dispatcher:
                 return Error(error.code, error.message, *optional_data)
             except Exception:
                 log.exception("%s failed", name)
-                return Error(InternalError.code, "Internal error; see the sidecar's stderr log.")
+                return Error(InternalError.code, _SEE_THE_LOG)
             finally:
                 if name == self._initialize_method and self._initializing is not None:
                     self._initializing.set_result(None)

@@ -108,6 +108,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+    cut_by_stop_string: bool = False
 
 
 class GenerationSink(Protocol):
@@ -149,6 +150,7 @@ class ModelService:
     def __init__(self, engine_factory: Callable[[], Engine], limits: ModelLimits | None = None) -> None:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # created on a worker: loads and inspects race for it
         self._limits = limits or ModelLimits()
         self._models: dict[str, LoadedModel] = {}  # insertion order = load order
         self._loads: set[asyncio.Task[LoadedModel]] = set()
@@ -209,8 +211,8 @@ class ModelService:
         try:
             engine_model = await asyncio.get_running_loop().run_in_executor(
                 worker,
-                functools.partial(
-                    self._engine_or_create().load, path, options, progress=reading, should_stop=should_stop
+                lambda: self._engine_or_create().load(
+                    path, options, progress=reading, should_stop=should_stop
                 ),
             )
         except BaseException:
@@ -454,6 +456,7 @@ class ModelService:
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
             timings=_timings(outcome, (ready_ns - received_ns) / 1e6),
+            cut_by_stop_string=outcome.cut_by_stop_string,
         )
 
     async def _loads_settled(self) -> None:
@@ -463,7 +466,7 @@ class ModelService:
 
     async def inspect(self, path: str) -> ModelSummary:
         """Describe a model file without loading it (on a thread: it reads the file's header)."""
-        return await asyncio.to_thread(self._engine_or_create().inspect, path)
+        return await asyncio.to_thread(lambda: self._engine_or_create().inspect(path))
 
     async def embed(
         self, model_id: str | None, texts: Sequence[str], *, normalize: bool
@@ -595,9 +598,11 @@ class ModelService:
         return candidate
 
     def _engine_or_create(self) -> Engine:
-        if self._engine is None:
-            self._engine = self._engine_factory()
-        return self._engine
+        """The engine, made on first use; call it off the event loop (it imports llama.cpp, ~200 ms)."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
 
 
 def _append_turn(
@@ -610,7 +615,7 @@ def _append_turn(
     session.dropped_messages += turn.dropped
     # The reply's tokens stand for its text only when nothing was cut (a stop string) or left
     # out (invalid UTF-8); otherwise the next turn tokenizes the whole prompt again.
-    if model.detokenize(outcome.tokens) == reply.encode("utf-8"):
+    if model.detokenize(outcome.tokens, continuation=True) == reply.encode("utf-8"):
         session.prefix_text, session.prefix_tokens = turn.text + reply, (*turn.tokens, *outcome.tokens)
     else:
         session.prefix_text, session.prefix_tokens = "", ()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import gguf
+import llama_cpp
+import numpy as np
 import pytest
 
 from sidecar.client import RemoteError, SidecarClient
 
 from .harness import RawSidecar
+from .tiny_model import write_tiny_model
 
 
 def _dot(a: list[float], b: list[float]) -> float:
@@ -42,3 +47,36 @@ def test_embed_errors(loaded: RawSidecar) -> None:
 def test_the_client_raises_remote_errors_for_embed(smol: SidecarClient) -> None:
     with pytest.raises(RemoteError):
         smol.request("embed", {"input": 5})
+
+
+@pytest.mark.parametrize("declared", [None, gguf.PoolingType.NONE], ids=["undeclared", "none"])
+def test_an_embedding_is_the_mean_of_the_token_vectors(
+    sidecar: RawSidecar, tmp_path: Path, declared: gguf.PoolingType | None
+) -> None:
+    path = write_tiny_model(tmp_path / "model.gguf", pooling_type=declared)
+    sidecar.request("loadModel", {"modelPath": str(path)})
+    (vector,) = sidecar.request("embed", {"input": ["hello world"], "normalize": False})["embeddings"]
+    per_token = llama_cpp.Llama(
+        str(path), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, verbose=False
+    ).embed("hello world", normalize=False)
+    assert np.allclose(vector, np.mean(per_token, axis=0), atol=1e-5)
+
+
+def test_a_reranker_gives_no_embeddings(sidecar: RawSidecar, tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / "ranker.gguf", pooling_type=gguf.PoolingType.RANK)
+    sidecar.request("loadModel", {"modelPath": str(path), "modelId": "ranker"})
+    error = sidecar.error("embed", {"input": "hello"})
+    assert error["code"] == -32602 and error["data"] == {"field": "modelId"}, error
+    assert "reranker" in error["message"]
+
+
+def test_the_embedding_context_is_capped_whatever_the_model_context(
+    sidecar: RawSidecar, tmp_path: Path
+) -> None:
+    path = write_tiny_model(tmp_path / "long.gguf", context_length=8192)
+    loaded = sidecar.request("loadModel", {"modelPath": str(path), "contextSize": 8192})
+    assert loaded["contextSize"] == 8192
+    long_input = "hello " * 600  # ~3000 tokens: fits the model's context, not the embedding context
+    assert sidecar.request("countTokens", {"prompt": long_input})["promptTokens"] < 8192
+    too_long = sidecar.error("embed", {"input": long_input})
+    assert too_long["code"] == -32006 and too_long["data"]["contextSize"] == 2048, too_long

@@ -35,22 +35,61 @@ def test_streamed_grammar_output_joins_to_the_result(loaded: RawSidecar) -> None
     assert response["result"]["text"].endswith("!")
 
 
+def _nested(depth: int) -> str:
+    return "root ::= " + "(" * depth + '"a"' + ")" * depth
+
+
 @pytest.mark.parametrize(
-    ("params", "field"),
+    ("params", "field", "reason"),
     [
-        ({"grammar": "root ::= yes |"}, "grammar"),
-        ({"grammar": 'notroot ::= "x"'}, "grammar"),
-        ({"jsonSchema": {"type": "no-such-type"}}, "jsonSchema"),
-        ({"jsonSchema": {"$ref": "https://example.invalid/schema.json"}}, "jsonSchema"),  # never fetched
-        ({"grammar": 'root ::= "a"', "jsonSchema": {"type": "object"}}, ""),
+        ({"grammar": "root ::= yes |"}, "grammar", "Undefined rule identifier 'yes'"),
+        ({"grammar": 'notroot ::= "x"'}, "grammar", "root"),
+        # llama.cpp's parser recurses per group: this deep it overflowed the stack and killed the process.
+        ({"grammar": _nested(30_000)}, "grammar", "nests groups 30000 deep"),
+        ({"grammar": _nested(129)}, "grammar", "nests groups 129 deep"),
+        ({"jsonSchema": {"type": "no-such-type"}}, "jsonSchema", "no-such-type"),
+        ({"jsonSchema": {"$ref": "https://example.invalid/schema.json"}}, "jsonSchema", "remote schemas"),
+        ({"grammar": 'root ::= "a"', "jsonSchema": {"type": "object"}}, "", "grammar"),
     ],
+    ids=["undefined-rule", "no-root", "nested-30000", "nested-129", "unknown-type", "remote-ref", "both"],
 )
-def test_unusable_grammars_and_schemas_are_invalid_params(
-    loaded: RawSidecar, params: dict[str, Any], field: str
+def test_unusable_grammars_and_schemas_are_invalid_params_with_the_reason(
+    loaded: RawSidecar, params: dict[str, Any], field: str, reason: str
 ) -> None:
     error = loaded.error("prompt", {"prompt": "hi", "maxTokens": 4, **params})
     assert error["code"] == -32602 and error["data"] == {"field": field}, error
+    assert reason in error["message"], error
     assert loaded.request("ping") == {}
+
+
+def test_groups_nested_to_the_limit_and_brackets_in_literals_are_fine(loaded: RawSidecar) -> None:
+    assert loaded.request("prompt", {"prompt": "hi", "grammar": _nested(128)})["text"] == "a"
+    literal = 'root ::= "((((" [(]{2} # (((( a comment\n'
+    assert loaded.request("prompt", {"prompt": "hi", "grammar": literal})["text"] == "(((((("
+
+
+def test_a_grammar_error_is_logged_without_the_grammar(loaded: RawSidecar) -> None:
+    marker = "GRAMMARMARKER"
+    loaded.error("prompt", {"prompt": "hi", "grammar": f'root ::= {marker} | "{marker}"'})
+    assert loaded.request("ping") == {}
+    loaded.stop()
+    log = b"".join(loaded.stderr_lines).decode("utf-8", "replace")
+    assert f"Undefined rule identifier '{marker}'" in log  # llama.cpp's own line, passed on
+    assert f'"{marker}"' not in log  # its echo of the whole grammar is not
+
+
+def test_a_reply_cut_by_a_stop_string_has_no_json(loaded: RawSidecar) -> None:
+    cut = 0
+    for seed in range(8):
+        params = {"prompt": "hi", "jsonSchema": {"type": "integer"}, "maxTokens": 12, "temperature": 1.0}
+        whole = loaded.request("prompt", {**params, "seed": seed})
+        stopped = loaded.request("prompt", {**params, "seed": seed, "stop": ["5"]})
+        if whole["finishReason"] == "stop":
+            assert whole["json"] == int(whole["text"])
+        if stopped["text"] != whole["text"]:  # "5" cut it: what is left may parse ("2" of "25747")
+            cut += 1
+            assert stopped["finishReason"] == "stop" and "json" not in stopped, stopped
+    assert cut > 0  # the seeds did exercise a cut
 
 
 def test_json_schema_reply_parses_and_validates_on_a_real_model(smol: SidecarClient) -> None:

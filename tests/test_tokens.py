@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
 from .harness import RawSidecar
+from .tiny_model import write_tiny_model
 
 
 def test_count_tokens_equals_what_a_prompt_evaluates(loaded: RawSidecar) -> None:
@@ -18,7 +20,7 @@ def test_count_tokens_equals_what_a_prompt_evaluates(loaded: RawSidecar) -> None
 def test_tokenize_then_detokenize_gives_the_text_back(loaded: RawSidecar) -> None:
     text = "hello world é€ 日本"
     tokens = loaded.request("tokenize", {"text": text, "addBos": False})["tokens"]
-    assert loaded.request("detokenize", {"tokens": tokens})["text"].strip() == text
+    assert loaded.request("detokenize", {"tokens": tokens})["text"] == text
 
 
 def test_token_methods_answer_while_the_model_generates(loaded: RawSidecar) -> None:
@@ -51,3 +53,16 @@ def test_inspect_reads_the_header_without_loading(
     assert smol["metadata"]["general.architecture"] == "llama"
     assert 130_000_000 < smol["parameterCount"] < 140_000_000  # "135M"
     assert sidecar.request("listModels") == {"models": []}
+
+
+def test_inspect_refuses_a_forged_tensor_table(sidecar: RawSidecar, tmp_path: Path) -> None:
+    data = bytearray(write_tiny_model(tmp_path / "model.gguf").read_bytes())
+    # The table entry: name, then a u32 dimension count and u64 dimensions (2 here).
+    name = b"token_embd.weight"
+    dims_at = data.index(name) + len(name) + 4
+    data[dims_at : dims_at + 16] = struct.pack("<QQ", 2**40, 2**40)  # 2**80 weights: beyond 64 bits
+    forged = tmp_path / "forged.gguf"
+    forged.write_bytes(bytes(data))
+    error = sidecar.error("inspectModel", {"modelPath": str(forged)})
+    assert error["code"] == -32003 and "implausible tensor sizes" in error["data"]["reason"], error
+    assert sidecar.request("ping") == {}

@@ -87,6 +87,7 @@ class GenerationOutcome:
     prompt_ns: int  # start of generation -> first token sampled (prompt processing)
     decode_ns: int  # first token -> last token
     tokens: tuple[int, ...] = ()  # the tokens generated, an end-of-generation token not included
+    cut_by_stop_string: bool = False  # "stop" because a stop string appeared, not an end-of-generation token
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,8 +129,15 @@ class EngineModel(Protocol):
         """
         ...
 
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
-        """The bytes of ``tokens``; ``special`` renders control tokens as their text."""
+    def detokenize(
+        self, tokens: Sequence[int], *, special: bool = False, continuation: bool = False
+    ) -> bytes:
+        """The bytes of ``tokens``; ``special`` renders control tokens as their text.
+
+        As text on its own, the space a SentencePiece vocabulary puts before the first
+        word is dropped; with ``continuation`` (the tokens follow other text, as a reply
+        follows its prompt) the bytes are exactly the tokens' pieces joined.
+        """
         ...
 
     def grammar_for(self, gbnf: str | None, json_schema: dict[str, object] | None) -> str | None:

@@ -100,6 +100,12 @@ class _Cursor:
             else:
                 metadata[key] = self._value(value_type)
         parameters = sum(self._tensor_elements() for _ in range(tensor_count)) if count_parameters else None
+        # Even 1.5-bit quantizations store more than a bit per weight: more weights than
+        # the file has bits is a forged table (and a count beyond 64 bits, unsendable).
+        if parameters is not None and parameters > len(self._data) * 8:
+            raise GgufHeaderError(
+                f"implausible tensor sizes ({parameters} weights in {len(self._data)} bytes)"
+            )
         return GgufHeader(metadata, array_lengths, parameters)
 
     def _value(self, value_type: int) -> MetadataValue:

@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -47,13 +47,19 @@ from .api import (
     SamplingOptions,
     StopCheck,
 )
-from .budget import available_memory, check_memory, context_size_for
+from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
 from .gguf_header import GgufHeaderError, read_header, read_metadata
+from .grammar import MAX_GRAMMAR_NESTING, grammar_nesting, parse_error_reason, stderr_captured
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "default_threads"]
 
 log = logging.getLogger("sidecar.llama")
+
+# The embedding context, opened beside the model's on the first embed: the longest
+# input it takes. Capped because it is allocated whole (KV cache and a batch of this
+# size): 2048 tokens cover a long passage, and the cost stays a fraction of a model's.
+EMBED_CONTEXT_SIZE = 2048
 
 # ggml_log_level as llama.cpp defines it today (llama-cpp-python's own table is older).
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
@@ -179,24 +185,48 @@ class LlamaCppEngine:
             llm.close()
             raise
         # Embeddings need a context made for them: opened on the first embed request.
-        pooling = (
-            llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model says how it pools
-            if f"{header.get('general.architecture')}.pooling_type" in header
-            else llama_cpp.LLAMA_POOLING_TYPE_MEAN  # else one vector per input: the mean of its tokens
-        )
+        pooling = _embedding_pooling(header)
+        embed_context = min(context_size, EMBED_CONTEXT_SIZE)
 
         def open_embedder() -> llama_cpp.Llama:
+            if pooling == llama_cpp.LLAMA_POOLING_TYPE_RANK:
+                raise InvalidParams(
+                    "Invalid params: this model is a reranker (rank pooling); it gives no embeddings.",
+                    {"field": "modelId"},
+                )
+            needed, available = kv_cache_bytes(header, embed_context), available_memory()
+            if needed is not None and available is not None and needed > available:
+                reason = (
+                    f"its {embed_context}-token embedding context needs {needed} bytes; {available} are free"
+                )
+                raise ModelLoadFailed(f"Could not open {path} for embeddings: {reason}.", {"reason": reason})
             return _open_llama(
-                common,
+                {**common, "n_ctx": embed_context},
                 _ignore_progress,
                 _never,
                 embedding=True,
                 pooling_type=pooling,
-                n_batch=context_size,
-                n_ubatch=context_size,
+                n_batch=embed_context,  # pooling needs each input whole in one batch
+                n_ubatch=embed_context,
             )
 
         return LlamaCppModel(llm, path, open_embedder)
+
+
+def _embedding_pooling(header: Mapping[str, object]) -> int:
+    """How to pool token vectors into one per input: the model's own way, else their mean.
+
+    A model that declares no pooling (one vector per token) gets the mean too:
+    ``embed`` promises one vector per input.
+    """
+    declared = header.get(f"{header.get('general.architecture')}.pooling_type")
+    if declared is None or declared == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        return llama_cpp.LLAMA_POOLING_TYPE_MEAN
+    return (
+        llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+        if declared != llama_cpp.LLAMA_POOLING_TYPE_RANK
+        else declared
+    )
 
 
 def _open_llama(
@@ -282,16 +312,28 @@ class LlamaCppModel:
         return self._facts
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
-        return tokens
+        # Straight on the vocabulary, which llama.cpp only reads: the service calls this
+        # beside a running generation, which the Llama object itself must not see.
+        source = text.encode("utf-8")
+        size = len(source) + 4  # about a token per byte at most; a short count says how many
+        while True:
+            ids = (llama_cpp.llama_token * size)()
+            count = llama_cpp.llama_tokenize(self._vocab, source, len(source), ids, size, add_bos, special)
+            if count >= 0:
+                return list(ids[:count])
+            size = -count
 
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+    def detokenize(
+        self, tokens: Sequence[int], *, special: bool = False, continuation: bool = False
+    ) -> bytes:
         vocab_size = self._facts.vocab_size
         for position, token in enumerate(tokens):
             if not 0 <= token < vocab_size:
                 problem = f"'tokens/{position}' is {token}, not a token id (0 to {vocab_size - 1})"
                 raise InvalidParams(f"Invalid params: {problem}.", {"field": f"tokens/{position}"})
-        return b"".join(_token_bytes(self._vocab, token, special) for token in tokens)
+        if continuation:
+            return b"".join(_token_bytes(self._vocab, token, special) for token in tokens)
+        return _detokenized(self._vocab, tokens, special)
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
         rendered = self.render_chat(messages)
@@ -306,7 +348,10 @@ class LlamaCppModel:
         as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
         try:
             rendered = self._chat(messages=as_dicts)
-        except jinja2.TemplateError as exc:  # templates refuse some conversations, e.g. roles out of turn
+        # The template is the model file's code: it refuses some conversations with
+        # raise_exception (a ValueError), breaks on others (TypeError, OverflowError, the
+        # sandbox's SecurityError). Whatever it raised, the messages are what it refused.
+        except Exception as exc:
             raise InvalidParams(
                 f"Invalid params: the chat template refused 'messages': {exc}.", {"field": "messages"}
             ) from exc
@@ -334,10 +379,21 @@ class LlamaCppModel:
 
     def _check_grammar(self, gbnf: str, field: str) -> None:
         """Compile ``gbnf`` once here: llama-cpp-python would pass a failed (null) grammar on and crash."""
+        if (nesting := grammar_nesting(gbnf)) > MAX_GRAMMAR_NESTING:
+            raise InvalidParams(
+                f"Invalid params: '{field}' nests groups {nesting} deep; the limit is {MAX_GRAMMAR_NESTING}.",
+                {"field": field},
+            )
+        source = gbnf.encode("utf-8")
         _recent.lines = deque(maxlen=8)
         try:
-            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
-            reason = "; ".join(_recent.lines) or "llama.cpp could not parse it"
+            with stderr_captured(withhold=source) as printed:  # the parser prints its reason there
+                sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, source, b"root")
+            reason = (
+                parse_error_reason(b"".join(printed).decode("utf-8", "replace"))
+                or "; ".join(_recent.lines)
+                or "llama.cpp could not parse it"
+            )
         finally:
             _recent.lines = None
         if not sampler:
@@ -420,13 +476,14 @@ class LlamaCppModel:
             prompt_ns=(first_token_at or end) - started,
             decode_ns=end - (first_token_at or end),
             tokens=tuple(produced),
+            cut_by_stop_string=assembler.stopped,
         )
 
     def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
         if self._embedder is None:
             self._embedder = self._open_embedder()
         embedder = self._embedder
-        context = self._facts.context_size
+        context = embedder.n_ctx()
         for text in texts:
             count = len(embedder.tokenize(text.encode("utf-8"), add_bos=True, special=False))
             if count > context:
@@ -480,6 +537,22 @@ def _token_bytes(vocab: Any, token: int, special: bool = False) -> bytes:
     while True:
         buffer = ctypes.create_string_buffer(size)
         written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, special)
+        if written >= 0:
+            return buffer.raw[:written]
+        size = -written
+
+
+def _detokenized(vocab: Any, tokens: Sequence[int], special: bool) -> bytes:
+    """``tokens`` as text the way llama.cpp's own detokenizer (and server) gives it.
+
+    Unlike joining the pieces, it drops the space a SentencePiece vocabulary puts
+    before the first word, so tokenize then detokenize gives the text back.
+    """
+    ids = (llama_cpp.llama_token * len(tokens))(*tokens)
+    size = max(64, 8 * len(tokens))
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        written = llama_cpp.llama_detokenize(vocab, ids, len(tokens), buffer, size, False, special)
         if written >= 0:
             return buffer.raw[:written]
         size = -written
