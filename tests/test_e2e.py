@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .harness import RawSidecar
 
 GREEDY = {"temperature": 0, "seed": 1}
@@ -21,6 +23,17 @@ def _check_stream(chunks: list[dict[str, Any]], response: dict[str, Any]) -> dic
     assert chunks[-1]["finishReason"] == result["finishReason"]
     assert chunks[-1]["usage"] == result["usage"]
     return result
+
+
+def _rest(sidecar: RawSidecar) -> list[Any]:
+    """Every message received and not yet taken (call once the process has exited)."""
+    assert not sidecar.bad_lines  # then next_message fails only when none is left
+    rest = []
+    while True:
+        try:
+            rest.append(sidecar.next_message(timeout=0.1))
+        except AssertionError:  # none left
+            return rest
 
 
 def test_handshake_reports_versions_and_capabilities(raw_sidecar: RawSidecar) -> None:
@@ -98,6 +111,42 @@ def test_stream_chunks_are_valid_utf8_without_replacement_characters(loaded: Raw
     assert result["usage"]["completionTokens"] == 400
 
 
+def _text(sidecar: RawSidecar, **params: Any) -> str:
+    """The text of a short prompt to the latest loaded model, with these sampling params."""
+    text: str = sidecar.request("prompt", {"prompt": "hello world", "maxTokens": 30, **params})["text"]
+    return text
+
+
+# Sampling at temperature 1 with every filter off: any token may come next.
+SAMPLED = {"temperature": 1.0, "topK": 0, "topP": 1.0, "minP": 0.0}
+
+
+def test_the_same_seed_samples_the_same_text_and_another_seed_another(loaded: RawSidecar) -> None:
+    first = _text(loaded, **SAMPLED, seed=11)
+    assert _text(loaded, **SAMPLED, seed=11) == first
+    assert _text(loaded, **SAMPLED, seed=12) != first
+
+
+def test_the_load_seed_is_used_when_a_prompt_gives_none(sidecar: RawSidecar, tiny_model: Path) -> None:
+    sidecar.request("loadModel", {"modelPath": str(tiny_model), "seed": 11})
+    assert _text(sidecar, **SAMPLED) == _text(sidecar, **SAMPLED, seed=11)
+    assert _text(sidecar, **SAMPLED, seed=12) != _text(sidecar, **SAMPLED)  # the prompt's own seed wins
+
+
+@pytest.mark.parametrize("narrowing", [{"topK": 1}, {"topP": 0.0}, {"minP": 1.0}], ids=str)
+def test_a_filter_that_keeps_one_token_samples_the_greedy_text(
+    loaded: RawSidecar, narrowing: dict[str, Any]
+) -> None:
+    greedy = _text(loaded, temperature=0)
+    assert _text(loaded, **SAMPLED, seed=3) != greedy  # without the filter, this seed samples other text
+    assert _text(loaded, **{**SAMPLED, **narrowing}, seed=3) == greedy
+
+
+def test_a_repeat_penalty_changes_the_greedy_text(loaded: RawSidecar) -> None:
+    # The random model soon repeats itself under greedy decoding; the penalty steers it off.
+    assert _text(loaded, temperature=0, repeatPenalty=1.5) != _text(loaded, temperature=0)
+
+
 def test_chat_messages_use_the_model_template(loaded: RawSidecar) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     result = loaded.request("prompt", {"messages": messages, "maxTokens": 3, **GREEDY})
@@ -125,16 +174,32 @@ def test_stop_string_ends_generation_and_is_not_emitted(loaded: RawSidecar) -> N
     assert result["text"] == text[: text.index(stop)]
 
 
-def test_cancel_mid_stream_returns_partial_text(loaded: RawSidecar) -> None:
-    request_id = loaded.send_request("promptStream", {"prompt": "hello", **GREEDY})
+def test_cancel_mid_stream_takes_effect_within_one_token(loaded: RawSidecar) -> None:
+    # Letters only: every token is one whole character, so every token is one chunk.
+    params = {"prompt": "hello", "maxTokens": 2000, "grammar": "root ::= [a-z]+", **GREEDY}
+    request_id = loaded.send_request("promptStream", params)
     first = loaded.next_message()
     assert first["method"] == "streamChunk" and not first["params"]["isFinal"]
     cancel_id = loaded.send_request("cancel", {"requestId": request_id})
-    chunks, response = loaded.collect_stream(request_id)
-    result = _check_stream([first["params"], *chunks], response)
+    # The cancel flag is set before the cancel is answered: from then on the token
+    # loop may finish the token it holds, and must stop at its next check.
+    chunks = [first["params"]]
+    before_answer = None
+    while True:
+        message = loaded.next_message()
+        if message.get("method") == "streamChunk":
+            chunks.append(message["params"])
+        elif message["id"] == cancel_id:
+            assert message["result"] == {"cancelled": True}
+            before_answer = len(chunks)
+        else:
+            break
+    result = _check_stream(chunks, message)
     assert result["finishReason"] == "cancelled"
-    assert 0 < result["usage"]["completionTokens"] < 2000
-    assert loaded.response(cancel_id)["result"] == {"cancelled": True}
+    assert all(len(chunk["content"]) == 1 for chunk in chunks[:-1])  # one letter, one token
+    assert before_answer is not None, "the cancel was answered after the stream ended"
+    assert len(chunks) - 1 - before_answer <= 1, "more than one token's chunk after the cancel's answer"
+    assert 0 < result["usage"]["completionTokens"] <= before_answer + 1
     assert loaded.request("cancel", {"requestId": request_id}) == {"cancelled": False}
 
 
@@ -170,26 +235,48 @@ def test_cancel_interrupts_prompt_processing(sidecar: RawSidecar, slow_model: Pa
     )
 
 
-def test_two_streams_queue_in_arrival_order_and_ping_answers_meanwhile(loaded: RawSidecar) -> None:
+def test_two_streams_queue_in_arrival_order_and_ping_and_list_answer_meanwhile(loaded: RawSidecar) -> None:
     first = loaded.send_request("promptStream", {"prompt": "hello", "maxTokens": 300, **GREEDY})
     second = loaded.send_request("promptStream", {"prompt": "world", "maxTokens": 5, **GREEDY})
-    ping = loaded.send_request("ping")
+    meanwhile = {loaded.send_request("ping"), loaded.send_request("listModels")}
     order: list[tuple[Any, bool]] = []
     responses: dict[Any, dict[str, Any]] = {}
-    ping_position = None
+    answered_at: dict[Any, int] = {}  # chunks received before each meanwhile request's answer
     while len(responses) < 2:
         message = loaded.next_message()
         if message.get("method") == "streamChunk":
             order.append((message["params"]["requestId"], message["params"]["isFinal"]))
-        elif message["id"] == ping:
-            ping_position = len(order)
+        elif message["id"] in meanwhile:
+            assert "result" in message, message
+            answered_at[message["id"]] = len(order)
         else:
             responses[message["id"]] = message
     first_final = order.index((first, True))
     assert all(request_id == first for request_id, _ in order[: first_final + 1])
     assert all(request_id == second for request_id, _ in order[first_final + 1 :])
-    assert ping_position is not None and ping_position < first_final
+    assert set(answered_at) == meanwhile
+    assert all(position < first_final for position in answered_at.values())
     assert responses[first]["result"]["usage"]["completionTokens"] == 300
+
+
+def test_after_shutdown_requests_are_refused_and_notifications_get_nothing(loaded: RawSidecar) -> None:
+    stream = loaded.send_request("promptStream", {"prompt": "hello", "maxTokens": 2000, **GREEDY})
+    assert loaded.next_message()["method"] == "streamChunk"
+    # Counting 1.5 MB of text takes a few tenths of a second and cannot be cancelled:
+    # the sidecar waits for its answer before exiting, which leaves time for the lines below.
+    count = loaded.send_request("countTokens", {"prompt": "hello world " * 125_000})
+    assert loaded.request("shutdown") is None
+    for request_id in (stream, "unknown"):
+        loaded.send({"jsonrpc": "2.0", "method": "cancel", "params": {"requestId": request_id}})
+    late = [loaded.send_request("ping"), loaded.send_request("cancel", {"requestId": stream})]
+    for request_id in late:
+        assert loaded.response(request_id)["error"]["code"] == -32007
+    _chunks, response = loaded.collect_stream(stream)
+    assert response["result"]["finishReason"] == "cancelled"
+    assert loaded.response(count)["result"]["promptTokens"] > 125_000
+    assert loaded.wait_exit() == 0
+    loaded.stop()
+    assert _rest(loaded) == []  # in particular no error with id null for the notifications
 
 
 def test_cancel_of_a_queued_stream_never_runs_it(loaded: RawSidecar) -> None:

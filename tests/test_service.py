@@ -1,7 +1,9 @@
-"""The service layer on a stand-in engine: queues, cancellation, loads, unloads.
+"""The service layer on a stand-in engine: queues, cancellation, loads, unloads, failures.
 
 Real llama.cpp behaviour is covered end to end in test_e2e.py; these tests pin
-down the orchestration, which a fake engine makes deterministic.
+down the orchestration, which a fake engine makes deterministic. One runs the
+real engine on the tiny model, failed from inside its token loop, which no
+request can make happen.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
 
 from sidecar.engine.api import (
     ChatMessage,
@@ -20,17 +26,27 @@ from sidecar.engine.api import (
     SamplingOptions,
     StopCheck,
 )
+from sidecar.engine.llamacpp import LlamaCppEngine, LlamaCppModel
+from sidecar.errors import GenerationFailed
+from sidecar.methods import build_method_table
+from sidecar.rpc import RequestContext
 from sidecar.service import GenerationRequest, GenerationResult, ModelService
+from sidecar.settings import Settings
 
 FACTS = ModelFacts(512, 512, 100, 1, "fake", None, False)
 
 
 class FakeModel:
-    """Emits one piece per 'token' every ``pause`` seconds until stopped or out of tokens."""
+    """Emits one piece per 'token' every ``pause`` seconds until stopped or out of tokens.
 
-    def __init__(self, log: list[str], pause: float) -> None:
+    With ``fail_after`` set, raises ``GenerationFailed`` after that many pieces, as
+    the llama.cpp engine does when decoding fails midway.
+    """
+
+    def __init__(self, log: list[str], pause: float, fail_after: int | None = None) -> None:
         self.log = log
         self.pause = pause
+        self.fail_after = fail_after
         self.threads: set[str] = set()
         self.closed = False
 
@@ -44,7 +60,9 @@ class FakeModel:
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         return [1] * len(text)
 
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+    def detokenize(
+        self, tokens: Sequence[int], *, special: bool = False, continuation: bool = False
+    ) -> bytes:
         return b"x" * len(tokens)
 
     def generate(
@@ -58,6 +76,8 @@ class FakeModel:
         self.log.append(f"start {len(prompt_tokens)}")
         produced = 0
         while produced < (sampling.max_tokens or 10):
+            if produced == self.fail_after:
+                raise GenerationFailed("llama.cpp failed while generating: llama_decode returned -1.")
             if should_stop():
                 return GenerationOutcome("cancelled", len(prompt_tokens), produced, 1, 1)
             time.sleep(self.pause)
@@ -73,11 +93,14 @@ class FakeModel:
 
 
 class FakeEngine:
-    def __init__(self, pause: float = 0.001, load_seconds: float = 0.0) -> None:
+    def __init__(
+        self, pause: float = 0.001, load_seconds: float = 0.0, fail_after: int | None = None
+    ) -> None:
         self.log: list[str] = []
         self.models: list[FakeModel] = []
         self.pause = pause
         self.load_seconds = load_seconds
+        self.fail_after = fail_after
 
     def load(
         self,
@@ -89,7 +112,7 @@ class FakeEngine:
     ) -> FakeModel:
         time.sleep(self.load_seconds)
         self.log.append(f"load {path}")
-        model = FakeModel(self.log, self.pause)
+        model = FakeModel(self.log, self.pause, self.fail_after)
         self.models.append(model)
         return model
 
@@ -198,5 +221,81 @@ def test_the_latest_load_is_the_default_and_reloading_the_same_file_reuses_it() 
         assert engine.log.count("load a.gguf") == 1
         other = await service.load("a.gguf", None, LoadOptions(context_size=1024), None)
         assert other.model_id == "a-2" and other is not first and second.model_id == "b"
+
+    asyncio.run(scenario())
+
+
+async def stream_through_methods(
+    service: ModelService, params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], GenerationFailed]:
+    """Run a promptStream that must fail through the method table: (its streamChunk params, the error)."""
+    chunks: list[dict[str, Any]] = []
+
+    def notify(method: str, message: dict[str, Any]) -> None:
+        assert method == "streamChunk"
+        chunks.append(message)
+
+    table = build_method_table(
+        service, cancel_request=lambda _id: False, request_shutdown=lambda: None, settings=Settings()
+    )
+    entry = table["promptStream"]
+    with pytest.raises(GenerationFailed) as raised:
+        await entry.handler(
+            RequestContext(7, False, time.monotonic_ns(), notify), entry.validate_params(params)
+        )
+    return chunks, raised.value
+
+
+def assert_ends_with_one_error_chunk(chunks: list[dict[str, Any]]) -> None:
+    assert [chunk["index"] for chunk in chunks] == list(range(len(chunks)))
+    assert [chunk["isFinal"] for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1] == {**chunks[-1], "content": "", "finishReason": "error"}
+    assert "usage" not in chunks[-1] and "timings" not in chunks[-1]
+
+
+def test_a_generation_failing_midway_ends_its_stream_with_one_error_chunk() -> None:
+    engine = FakeEngine(fail_after=2)
+
+    async def scenario() -> None:
+        service = ModelService(lambda: engine)
+        await service.load("a.gguf", None, LoadOptions(), None)
+        chunks, error = await stream_through_methods(service, {"prompt": "hi", "maxTokens": 5})
+        assert [chunk["content"] for chunk in chunks] == ["x", "x", ""]
+        assert_ends_with_one_error_chunk(chunks)
+        assert error.code == -32008
+        engine.models[0].fail_after = None  # the model and its worker go on serving
+        result = await service.generate(prompt("hi"), Collect(), never, time.monotonic_ns())
+        assert result.finish_reason == "length"
+
+    asyncio.run(scenario())
+
+
+def test_llama_cpp_failing_mid_decode_is_generation_failed(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        service = ModelService(LlamaCppEngine)
+        loaded = await service.load(str(tiny_model), None, LoadOptions(), None)
+        llm = cast(LlamaCppModel, loaded.engine_model)._llm
+        decode = llm.generate
+
+        def failing(*args: Any, **kwargs: Any) -> Iterator[int]:
+            tokens = decode(*args, **kwargs)
+            try:
+                for _ in range(3):
+                    yield next(tokens)
+                raise RuntimeError("llama_decode returned -1")  # what llama-cpp-python raises
+            finally:
+                tokens.close()
+
+        monkeypatch.setattr(llm, "generate", failing)
+        greedy = {"prompt": "hello", "maxTokens": 20, "temperature": 0}
+        chunks, error = await stream_through_methods(service, greedy)
+        assert_ends_with_one_error_chunk(chunks)
+        assert "llama_decode returned -1" in error.message
+        monkeypatch.undo()
+        result = await service.generate(prompt("hello", 5), Collect(), never, time.monotonic_ns())
+        assert result.completion_tokens == 5
+        await service.close()
 
     asyncio.run(scenario())

@@ -5,6 +5,7 @@ a few hundred KB, loads in milliseconds. The vocabulary has byte-fallback
 tokens, so the random model emits arbitrary bytes (good for UTF-8 edge cases).
 
     python tests/tiny_model.py OUT.gguf [--eos never|always] [--hidden 64] [--layers 2]
+                               [--no-chat-template]
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def write_tiny_model(
     seed: int = 0,
     extra_tokens: tuple[str, ...] = (),
     chat_template: str | None = CHAT_TEMPLATE,
+    pooling_type: gguf.PoolingType | None = None,
 ) -> Path:
     """Write the model to ``path`` and return it.
 
@@ -67,6 +69,7 @@ def write_tiny_model(
             enough to cancel mid-prompt.
         extra_tokens: more vocabulary entries, appended last (e.g. an extremely long token).
         chat_template: the template in the metadata; None writes a model without one.
+        pooling_type: how the model says its embeddings pool; None says nothing.
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary(extra_tokens)
@@ -96,6 +99,8 @@ def write_tiny_model(
     writer.add_add_bos_token(True)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if pooling_type is not None:
+        writer.add_pooling_type(pooling_type)
 
     output = weights(vocab, hidden)
     if eos == "never":
@@ -131,8 +136,10 @@ def main() -> None:
     parser.add_argument("--eos", choices=("never", "always"), default="never")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--no-chat-template", action="store_true", help="write no chat template")
     args = parser.parse_args()
-    write_tiny_model(args.path, eos=args.eos, hidden=args.hidden, layers=args.layers)
+    template = None if args.no_chat_template else CHAT_TEMPLATE
+    write_tiny_model(args.path, eos=args.eos, hidden=args.hidden, layers=args.layers, chat_template=template)
 
 
 if __name__ == "__main__":
