@@ -3,7 +3,8 @@
     python -m sidecar.demo ["your prompt"] [--max-tokens N]
 
 Prints the reply as it is generated, then one line with the token count,
-decode speed and time to first token.
+decode speed and time to first token. An error from the sidecar (e.g. the
+default model not installed) is printed as its one-sentence message, exit 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from .client import SidecarClient
+from .client import RemoteError, SidecarClient
 
 __all__ = ["main"]
 
@@ -27,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--verbose", action="store_true", help="show the sidecar's stderr log")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except RemoteError as exc:  # the message says what to do (e.g. how to install the model)
+        print(f"sidecar.demo: {exc.message}", file=sys.stderr)
+        return 1
 
+
+def _run(args: argparse.Namespace) -> int:
     spawned = time.perf_counter()
     with SidecarClient(stderr=None if args.verbose else subprocess.DEVNULL) as client:
         client.initialize("sidecar.demo")

@@ -1,0 +1,103 @@
+"""The commands a person runs: ``python -m sidecar.demo`` (``make demo``) and the ``llama-sidecar`` script."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.client import SidecarClient
+from sidecar.model_paths import DEFAULT_MODEL_DISTRIBUTION, INSTALL_HINT
+
+from .harness import ROOT, RawSidecar
+
+PROMPT = "Name a colour."
+FINAL_LINE = re.compile(
+    r"\[(\d+) tokens, \d+\.\d tokens/s, time to first token \d+ ms, finish: (stop|length)\]"
+)
+
+# Imported first by every Python started with this directory on PYTHONPATH: the
+# distribution that ships the default model then looks uninstalled to that process.
+HIDE_DEFAULT_MODEL = f"""
+import importlib.metadata
+import re
+
+_from_name = importlib.metadata.Distribution.from_name.__func__
+
+
+def _hidden(cls, name):
+    if re.sub(r"[-_.]+", "-", name).lower() == {DEFAULT_MODEL_DISTRIBUTION!r}:
+        raise importlib.metadata.PackageNotFoundError(name)
+    return _from_name(cls, name)
+
+
+importlib.metadata.Distribution.from_name = classmethod(_hidden)
+"""
+
+
+def _demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.demo", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.fixture
+def without_default_model(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python processes do not see the default model's distribution."""
+    (tmp_path / "sitecustomize.py").write_text(HIDE_DEFAULT_MODEL)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_the_demo_streams_a_reply_and_reports_its_speed(default_model: str) -> None:
+    done = _demo(PROMPT, "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    header, reply = done.stdout.split(f"> {PROMPT}\n\n", 1)
+    assert re.fullmatch(r"\[.+: spawn->ready \d+ ms, load \d+ ms\]\n", header)
+    text, final = reply.rsplit("\n\n", 1)
+    assert text.strip()
+    match = FINAL_LINE.fullmatch(final.strip())
+    assert match, final
+    assert 1 <= int(match[1]) <= 8
+
+
+def test_a_missing_default_model_is_refused_with_the_install_hint(
+    without_default_model: dict[str, str],
+) -> None:
+    sidecar = RawSidecar(env=without_default_model)
+    try:
+        sidecar.initialize()
+        error = sidecar.error("loadModel", {"modelPath": "default"})
+    finally:
+        sidecar.stop()
+    assert error["code"] == -32001 and error["data"] == {"modelPath": "default"}
+    assert INSTALL_HINT in error["message"]
+
+
+def test_the_demo_without_the_default_model_says_how_to_install_it(
+    without_default_model: dict[str, str],
+) -> None:
+    done = _demo(PROMPT, env=without_default_model)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("sidecar.demo: ") and INSTALL_HINT in done.stderr.splitlines()[0]
+
+
+def test_the_console_script_shakes_hands_and_shuts_down() -> None:
+    script = Path(sys.executable).parent / "llama-sidecar"
+    if not script.exists():
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    with SidecarClient([str(script)], stderr=subprocess.DEVNULL) as client:
+        assert client.initialize()["serverInfo"]["name"] == "llama-sidecar"
+        assert client.ping() == {}
+        client.shutdown()
+        assert client.process.wait(timeout=5) == 0
