@@ -5,14 +5,14 @@
  */
 
 /**
- * A JSON-RPC request id: a string, a number or null. Booleans are not ids.
+ * A JSON-RPC request id: a string, a number or null. Booleans are not ids. Strings and integers within ±(2^53−1) are echoed exactly; integers beyond 64 bits are read as floats and echoed rounded. Ids are compared by value (40 and 40.0 are one id).
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "common.json#RequestId".
  */
 export type RequestId = string | number | null;
 /**
- * Why generation ended: an end-of-generation token or stop string (stop), maxTokens or the context was reached (length), or cancel (cancelled).
+ * Why generation ended: an end-of-generation token or a stop string (stop); maxTokens or the end of the context (length); cancel, unloadModel or shutdown (cancelled).
  *
  * This interface was referenced by `ProtocolMethods`'s JSON-Schema
  * via the `definition` "common.json#FinishReason".
@@ -60,11 +60,11 @@ export type ParseError = -32700;
  */
 export type InvalidRequest = -32600;
 /**
- * No method of that name.
+ * No method of that name (also before initialize and while shutting down); data is the name.
  */
 export type MethodNotFound = -32601;
 /**
- * A param is missing, unknown, or of the wrong type or range; the message names it. Also an unsupported protocolVersion.
+ * A param is missing, unknown, or of the wrong type or range; the message names it and data.field says where. Also: params as an array, an unsupported protocolVersion (data: supported, requested), messages without a chat template or refused by it, a grammar or jsonSchema llama.cpp cannot use, a contextSize beyond the training context or free memory, a download URL that names no file without a destination.
  */
 export type InvalidParams = -32602;
 /**
@@ -72,11 +72,11 @@ export type InvalidParams = -32602;
  */
 export type InternalError = -32603;
 /**
- * The model path names no file (for "default": the embedded model is not installed).
+ * The model path names no file (for "default": the embedded model is not installed). data.modelPath is the path as resolved (absolute, symlinks and .. resolved), or "default".
  */
 export type ModelFileNotFound = -32001;
 /**
- * A request other than initialize came before initialize.
+ * A request for a method that exists, other than initialize, came before a successful initialize.
  */
 export type NotInitialized = -32002;
 /**
@@ -96,7 +96,7 @@ export type UnknownModelId = -32005;
  */
 export type ContextOverflow = -32006;
 /**
- * The sidecar is shutting down and takes no new requests.
+ * The sidecar is shutting down and takes no new requests: the request was read after the stop began (after the shutdown response, end of stdin or a signal).
  */
 export type ShuttingDown = -32007;
 /**
@@ -112,7 +112,7 @@ export type DuplicateRequestId = -32009;
  */
 export type MessageTooLarge = -32010;
 /**
- * The model path resolves (symlinks included) outside the directories given with --models-dir.
+ * The model path resolves (symlinks included) outside the directories given with --models-dir; or a download: the sidecar has no --models-dir, or the destination resolves outside those directories. data.modelPath is the path or destination as sent (the URL's file name, or the URL without --models-dir, when no destination was sent).
  */
 export type ModelPathNotAllowed = -32011;
 /**
@@ -312,7 +312,7 @@ export interface ModelInfo {
    */
   modelId: string;
   /**
-   * The file that was loaded ("default" resolved to the embedded model's path).
+   * The file that was loaded, as resolved (absolute, symlinks resolved; "default" resolved to the embedded model's path).
    */
   modelPath: string;
   /**
@@ -320,7 +320,7 @@ export interface ModelInfo {
    */
   contextSize: number;
   /**
-   * The context size the model was trained with.
+   * The context size the model was trained with (the header's <architecture>.context_length as llama.cpp read it); 0 when the file says 0.
    */
   trainContextSize: number;
   /**
@@ -438,7 +438,7 @@ export interface GenerationParams {
    */
   grammar?: string;
   /**
-   * A JSON Schema the reply must satisfy; turned into a grammar. The result then has `json`, the parsed reply, when finishReason is "stop". Not with grammar.
+   * A JSON Schema the reply must satisfy; turned into a grammar. The result then has `json`, the parsed reply, when the reply ended by itself (finishReason "stop", not cut by a stop string) and parses. Not with grammar.
    */
   jsonSchema?: {};
 }
@@ -474,7 +474,7 @@ export interface Timings {
    */
   decodeMs: number;
   /**
-   * Decode speed: tokens after the first divided by decodeMs.
+   * Decode speed in tokens per second: (completionTokens − 1) / (decodeMs / 1000), rounded to 2 decimals; 0 with fewer than 2 tokens.
    */
   tokensPerSecond: number;
 }
@@ -493,7 +493,7 @@ export interface GenerationResult {
   usage: Usage;
   timings: Timings;
   /**
-   * The reply parsed as JSON: present when the request had jsonSchema and finishReason is "stop".
+   * The reply parsed as JSON: present only when the request had jsonSchema, the reply ended by itself (finishReason "stop" from an end-of-generation token, not a stop string) and its text parses. A reply cut by a stop string, maxTokens or a cancel has none.
    */
   json?: unknown;
 }
@@ -723,7 +723,7 @@ export interface DownloadModelParams {
    */
   url: string;
   /**
-   * A file name (in the first --models-dir directory) or a path inside an allowed directory; the URL's last path segment when absent.
+   * A file name (in the first --models-dir directory) or a path inside an allowed directory; the URL's last path segment (percent-decoded) when absent, and InvalidParams when the URL names no file.
    */
   destination?: string;
   /**
@@ -868,6 +868,9 @@ export interface InspectModelResult {
    * general.file_type as llama.cpp names it, e.g. "Q4_1", "Q4_K_M", "F16".
    */
   quantization?: string;
+  /**
+   * The header's <architecture>.context_length; absent when the header has none or says 0.
+   */
   trainContextSize?: number;
   vocabSize?: number;
   chatTemplate: boolean;
@@ -895,7 +898,7 @@ export interface LoadModelParams {
    */
   modelPath: string;
   /**
-   * Id to address the model by; the file name without extension when absent.
+   * Id to address the model by; when absent, the file name without extension, made unique with -2, -3, … A modelId in use by another file or options replaces that model.
    */
   modelId?: string;
   /**
