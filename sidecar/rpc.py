@@ -39,6 +39,7 @@ from .errors import (
 from .transport import LineTooLong
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "CancelToken",
     "Dispatcher",
     "Handler",
@@ -50,6 +51,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 # What a host learns of an unexpected failure: the details (a traceback) go to the log.
 _SEE_THE_LOG = "Internal error; see the sidecar's stderr log."
+# The longest response line written. Hosts' line buffers are finite (the TypeScript
+# client's takes 64 MiB): a longer line would be dropped there and its request left
+# unanswered, so the sidecar answers -32010 in its place.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 RequestId: TypeAlias = str | int | float | None
 Params: TypeAlias = dict[str, Any]
@@ -127,8 +132,10 @@ class Dispatcher:
         send: Send,
         *,
         initialize_method: str = "initialize",
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self._methods = methods
+        self._max_response_bytes = max_response_bytes
         self._send = send
         self._initialize_method = initialize_method
         self._jsonrpc_methods = {name: self._boundary(name, entry) for name, entry in methods.items()}
@@ -286,11 +293,18 @@ class Dispatcher:
         if context.is_notification:
             return None
         try:
-            return orjson.dumps(to_serializable(to_response(request, result)))
+            line = orjson.dumps(to_serializable(to_response(request, result)))
         except TypeError:  # orjson.JSONEncodeError too: a result JSON cannot carry (an int beyond 64 bits)
             log.exception("%s: the result could not be encoded", call.request["method"])
-            unsendable = InternalError(_SEE_THE_LOG)
-            return _error_response(unsendable, context.request_id)
+            return _error_response(InternalError(_SEE_THE_LOG), context.request_id)
+        if len(line) > self._max_response_bytes:
+            too_large = MessageTooLarge(
+                f"The response of {len(line)} bytes exceeds the maximum line size of "
+                f"{self._max_response_bytes} bytes; ask for less at once (e.g. fewer embed inputs).",
+                {"size": len(line), "maxLineBytes": self._max_response_bytes},
+            )
+            return _error_response(too_large, context.request_id)
+        return line
 
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""

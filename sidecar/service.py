@@ -198,6 +198,7 @@ class ModelService:
             if loaded.path == path and loaded.options == options and model_id in (None, loaded.model_id):
                 self._models[loaded.model_id] = self._models.pop(loaded.model_id)  # now the default
                 loaded.last_used = time.time()
+                loaded.seed = seed  # the latest load says how its prompts are seeded
                 progress(1.0)
                 return loaded
         model_id = model_id or self._free_id(Path(path).stem)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .engine.api import ChatMessage, ContextSnapshot, EngineModel, RenderedChat
-from .errors import ContextOverflow
+from .errors import ContextOverflow, InvalidParams
 
 __all__ = ["Session", "TurnPrompt", "reply_reserve", "turn_prompt"]
 
@@ -73,14 +73,14 @@ def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -
     turn = ChatMessage("user", text)
     history = session.messages
     limit = session.context_size - reserve
-    rendered = model.render_chat(_conversation(session, history, turn))
+    rendered = _render(model, _conversation(session, history, turn))
     tokens = _tokens(model, session, rendered)
     if len(tokens) <= limit:
         return TurnPrompt(rendered.text, tokens, rendered.stops, history, 0)
     target = min(limit, session.context_size // 2)
     while history and len(tokens) > target:
         history = history[_first_turn_length(history) :]
-        rendered = model.render_chat(_conversation(session, history, turn))
+        rendered = _render(model, _conversation(session, history, turn))
         tokens = _tokens(model, session, rendered)
     if len(tokens) > limit:
         raise ContextOverflow(
@@ -89,6 +89,16 @@ def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -
             {"promptTokens": len(tokens), "contextSize": session.context_size},
         )
     return TurnPrompt(rendered.text, tokens, rendered.stops, history, len(session.messages) - len(history))
+
+
+def _render(model: EngineModel, conversation: list[ChatMessage]) -> RenderedChat:
+    """The conversation rendered; a refusal names the turn's ``text``, the one param the host sent."""
+    try:
+        return model.render_chat(conversation)
+    except InvalidParams as refused:
+        raise InvalidParams(
+            refused.message.replace("'messages'", "the session with this 'text'"), {"field": "text"}
+        ) from refused
 
 
 def _tokens(model: EngineModel, session: Session, rendered: RenderedChat) -> list[int]:

@@ -131,6 +131,9 @@ def test_the_load_seed_is_used_when_a_prompt_gives_none(sidecar: RawSidecar, tin
     sidecar.request("loadModel", {"modelPath": str(tiny_model), "seed": 11})
     assert _text(sidecar, **SAMPLED) == _text(sidecar, **SAMPLED, seed=11)
     assert _text(sidecar, **SAMPLED, seed=12) != _text(sidecar, **SAMPLED)  # the prompt's own seed wins
+    # Loading the same file again returns the loaded model, with the new load's seed.
+    sidecar.request("loadModel", {"modelPath": str(tiny_model), "seed": 12})
+    assert _text(sidecar, **SAMPLED) == _text(sidecar, **SAMPLED, seed=12)
 
 
 @pytest.mark.parametrize("narrowing", [{"topK": 1}, {"topP": 0.0}, {"minP": 1.0}], ids=str)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import InvalidParams
-from sidecar.rpc import Dispatcher, MethodEntry, Params, RequestContext
+from sidecar.rpc import MAX_RESPONSE_BYTES, Dispatcher, MethodEntry, Params, RequestContext
 from sidecar.transport import LineTooLong
 
 
@@ -26,7 +26,7 @@ def _require_text(params: Params) -> Params:
 class Harness:
     """A dispatcher whose output lines are collected as parsed JSON."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.sent: list[Any] = []
         self.release = asyncio.Event()
         self.seen_tokens: list[RequestContext] = []
@@ -46,6 +46,9 @@ class Harness:
         async def crash(_context: RequestContext, _params: Params) -> object:
             raise RuntimeError("secret internal detail")
 
+        async def beyond_64_bits(_context: RequestContext, _params: Params) -> object:
+            return 2**70
+
         def entry(
             handler: Callable[[RequestContext, Params], Awaitable[object]], check=_no_check
         ) -> MethodEntry:  # type: ignore[no-untyped-def]
@@ -57,11 +60,13 @@ class Harness:
                 "echo": entry(echo, _require_text),
                 "wait": MethodEntry(_no_check, wait, cancellable=True),
                 "crash": entry(crash),
+                "huge": entry(beyond_64_bits),
                 "hold": entry(wait),  # same handler, but not declared cancellable
                 "note": MethodEntry(_no_check, echo, accepts_notification=True),
                 "now": MethodEntry(_require_text, echo, immediate=True),
             },
             lambda line: self.sent.append(orjson.loads(line)),
+            max_response_bytes=max_response_bytes,
         )
 
     def feed(self, *messages: object) -> None:
@@ -75,9 +80,9 @@ class Harness:
         return sent
 
 
-def run(test: Callable[[Harness], Awaitable[None]]) -> None:
+def run(test: Callable[[Harness], Awaitable[None]], **harness: Any) -> None:
     async def main() -> None:
-        await test(Harness())
+        await test(Harness(**harness))
 
     asyncio.run(main())
 
@@ -173,6 +178,21 @@ def test_unexpected_exceptions_become_a_generic_internal_error() -> None:
         assert "secret" not in orjson.dumps(response).decode()
 
     run(scenario)
+
+
+def test_a_result_that_cannot_be_sent_is_answered_with_an_error_in_its_place() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(
+            request(1, "echo", {"text": "x" * 500}), request(2, "echo", {"text": "short"}), request(3, "huge")
+        )
+        answers = {response["id"]: response for response in await h.settle()}
+        assert answers[1]["error"]["code"] == -32010  # longer than a host may read
+        assert answers[1]["error"]["data"] == {"size": 536, "maxLineBytes": 200}  # the whole response line
+        assert answers[2]["result"] == "short"
+        assert answers[3]["error"]["code"] == -32603  # an integer JSON cannot carry
+
+    run(scenario, max_response_bytes=200)
 
 
 def test_cancel_sets_the_token_and_duplicate_ids_are_refused() -> None:

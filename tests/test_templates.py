@@ -57,3 +57,15 @@ def test_a_template_that_does_not_compile_fails_the_load(sidecar: RawSidecar, tm
     error = sidecar.error("loadModel", {"modelPath": str(path)})
     assert error["code"] == -32003 and "chat template does not compile" in error["data"]["reason"], error
     assert sidecar.request("ping") == {}
+
+
+def test_a_session_turn_the_template_refuses_names_the_text(sidecar: RawSidecar, tmp_path: Path) -> None:
+    refusing = "{% if 'forbidden' in messages[-1]['content'] %}{{ raise_exception('no') }}{% endif %}"
+    _load_with_template(sidecar, tmp_path, refusing + CHAT_TEMPLATE)
+    session = sidecar.request("createSession", {})["sessionId"]
+    error = sidecar.error("prompt", {"sessionId": session, "text": "forbidden", "maxTokens": 2})
+    assert error["code"] == -32602 and error["data"] == {"field": "text"}, error
+    assert sidecar.request("prompt", {"sessionId": session, "text": "fine", "maxTokens": 2})["text"]
+    assert [m["content"] for m in sidecar.request("getSession", {"sessionId": session})["messages"]][
+        0
+    ] == "fine"

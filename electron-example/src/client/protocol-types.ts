@@ -108,7 +108,7 @@ export type GenerationFailed = -32008;
  */
 export type DuplicateRequestId = -32009;
 /**
- * A line exceeded the maximum line size and was skipped; the response id is null.
+ * An input line exceeded the maximum line size and was skipped (the response id is null), or a response would exceed 64 MiB and this error takes its place (the request's id).
  */
 export type MessageTooLarge = -32010;
 /**
