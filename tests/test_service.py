@@ -159,6 +159,22 @@ def test_requests_for_one_model_run_one_at_a_time_in_arrival_order() -> None:
     asyncio.run(scenario())
 
 
+def test_the_engine_is_made_off_the_event_loop() -> None:
+    # Making the real engine imports llama.cpp (~200 ms): on the loop, it would stall pings.
+    made_on: list[threading.Thread] = []
+
+    def make_engine() -> FakeEngine:
+        made_on.append(threading.current_thread())
+        return FakeEngine()
+
+    async def scenario() -> None:
+        service = ModelService(make_engine)
+        await service.load("a.gguf", None, LoadOptions(), None)
+
+    asyncio.run(scenario())
+    assert made_on and threading.main_thread() not in made_on
+
+
 def test_a_prompt_sent_during_a_load_waits_for_it() -> None:
     engine = FakeEngine(load_seconds=0.05)
 
