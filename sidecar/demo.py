@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from .client import RemoteError, SidecarClient
+from .client import RemoteError, SidecarClient, SidecarExited
 
 __all__ = ["main"]
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except RemoteError as exc:  # the message says what to do (e.g. how to install the model)
         print(f"sidecar.demo: {exc.message}", file=sys.stderr)
+        return 1
+    except SidecarExited as exc:
+        print(f"sidecar.demo: the sidecar exited ({exc}); --verbose shows its log", file=sys.stderr)
         return 1
 
 

@@ -92,6 +92,18 @@ def test_the_demo_without_the_default_model_says_how_to_install_it(
     assert done.stderr.startswith("sidecar.demo: ") and INSTALL_HINT in done.stderr.splitlines()[0]
 
 
+def test_the_demo_says_when_the_sidecar_dies(tmp_path: Path) -> None:
+    # Only the sidecar the demo spawns (python -m sidecar) dies, as it starts.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nif sys.orig_argv[-2:] == ['-m', 'sidecar']:\n    os._exit(3)\n"
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = _demo(PROMPT, env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("sidecar.demo: the sidecar exited"), done.stderr
+
+
 def test_the_console_script_shakes_hands_and_shuts_down() -> None:
     script = Path(sys.executable).parent / "llama-sidecar"
     if not script.exists():
