@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sidecar.engine import budget, llamacpp
+from sidecar.engine.api import LoadOptions
 from sidecar.engine.budget import available_memory, check_memory, context_size_for, kv_cache_bytes
 from sidecar.engine.gguf_header import GgufHeaderError, read_header, read_metadata
 from sidecar.errors import InvalidParams
@@ -48,9 +55,105 @@ def test_a_context_that_does_not_fit_in_memory_is_refused() -> None:
     assert "GiB" in raised.value.message and raised.value.data == {"field": "contextSize"}
 
 
+def test_loading_checks_the_kv_cache_against_memory_before_llama_cpp_allocates(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def constructed(**_kwargs: object) -> None:
+        raise AssertionError("llama_cpp.Llama was constructed")
+
+    monkeypatch.setattr(llamacpp.llama_cpp, "Llama", constructed)
+    monkeypatch.setattr(llamacpp, "available_memory", lambda: 1000)  # the tiny model's cache needs ~1 MB
+    with pytest.raises(InvalidParams) as raised:
+        llamacpp.LlamaCppEngine().load(str(tiny_model), LoadOptions(context_size=2048))
+    assert raised.value.code == -32602 and raised.value.data == {"field": "contextSize"}
+    assert "KV cache" in raised.value.message
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/meminfo")
 def test_available_memory_is_read_on_linux() -> None:
     available = available_memory()
-    assert available is None or available > 10**8
+    assert available is not None and available > 10**8
+
+
+# What vm_stat prints today (Apple's vm_stat.c: "%-35s %16llu."), with 16 KiB pages as on Apple Silicon.
+VM_STAT_ARM = """\
+Mach Virtual Memory Statistics: (page size of 16384 bytes)
+Pages free:                                     3532.
+Pages active:                                 180452.
+Pages inactive:                               176896.
+Pages speculative:                              2307.
+Pages throttled:                                   0.
+Pages wired down:                             117049.
+Pages purgeable:                                6154.
+"Translation faults":                      986553453.
+Pages copy-on-write:                        31098437.
+Pages zero filled:                         433655245.
+Pages reactivated:                          14424306.
+Pages purged:                                6466178.
+File-backed pages:                            107958.
+Anonymous pages:                              251697.
+Pages stored in compressor:                   923331.
+Pages occupied by compressor:                 303441.
+Decompressions:                             20745102.
+Compressions:                               28437536.
+Pageins:                                    30289637.
+Pageouts:                                     231424.
+Swapins:                                      597066.
+Swapouts:                                     796446.
+"""
+# Recorded on Mac OS X 10.6.8 with 2 GB (apple.stackexchange.com question 81581): 4 KiB pages.
+VM_STAT_INTEL = """\
+Mach Virtual Memory Statistics: (page size of 4096 bytes)
+Pages free:                     90518.
+Pages active:                  205479.
+Pages inactive:                 32417.
+Pages speculative:             134461.
+Pages wired down:               61009.
+"Translation faults":        26323651.
+Pages copy-on-write:           177180.
+Pages zero filled:           15230394.
+Pages reactivated:                  3.
+Pageins:                       388108.
+Pageouts:                           0.
+Object cache: 14 hits of 797355 lookups (0% hit rate)
+"""
+
+
+def test_vm_stat_counts_free_speculative_and_inactive_pages() -> None:
+    assert budget._parse_vm_stat(VM_STAT_ARM) == (3532 + 2307 + 176896) * 16384
+    assert budget._parse_vm_stat(VM_STAT_INTEL) == (90518 + 134461 + 32417) * 4096
+    assert budget._parse_vm_stat(VM_STAT_INTEL.replace("Pages inactive", "Pages idle")) is None
+    assert budget._parse_vm_stat("vm_stat: command not found") is None
+
+
+def test_available_memory_on_macos_runs_vm_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(command: list[str], **_kwargs: Any) -> subprocess.CompletedProcess[str]:
+        assert command == ["/usr/bin/vm_stat"]
+        return subprocess.CompletedProcess(command, 0, stdout=VM_STAT_INTEL)
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(subprocess, "run", run)
+    assert available_memory() == (90518 + 134461 + 32417) * 4096
+
+
+def test_memorystatusex_has_the_documented_windows_layout() -> None:
+    # MEMORYSTATUSEX: two DWORDs, then seven DWORDLONGs (ullAvailPhys at offset 16), 64 bytes.
+    recorded = struct.pack("<2I7Q", 64, 41, 17_055_580_160, 10_012_344_320, 0, 0, 0, 0, 0)
+    status = budget._MemoryStatusEx.from_buffer_copy(recorded)
+    assert ctypes.sizeof(status) == 64 and status.ullAvailPhys == 10_012_344_320
+
+
+def test_available_memory_on_windows_asks_global_memory_status_ex(monkeypatch: pytest.MonkeyPatch) -> None:
+    def global_memory_status_ex(pointer: Any) -> int:
+        status = pointer._obj
+        assert status.dwLength == 64  # Windows refuses the call unless the size is set
+        status.ullAvailPhys = 123_456_789
+        return 1
+
+    kernel32 = type("Kernel32", (), {"GlobalMemoryStatusEx": staticmethod(global_memory_status_ex)})
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "windll", type("WinDLL", (), {"kernel32": kernel32}), raising=False)
+    assert available_memory() == 123_456_789
 
 
 def test_header_reader_reads_metadata_and_rejects_non_gguf(tiny_model: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.engine.api import LoadOptions
-from sidecar.engine.llamacpp import LlamaCppEngine, _token_bytes
+from sidecar.engine.llamacpp import LlamaCppEngine
 from sidecar.errors import ModelLoadFailed
 
 from .harness import RawSidecar
@@ -79,15 +79,21 @@ def test_hostile_file_gets_a_load_error_and_a_good_model_loads_after(
     assert sidecar.request("loadModel", {"modelPath": str(tiny_model)})["modelId"] == "tiny"
 
 
-def test_llama_cpp_own_reason_for_an_unknown_architecture(
-    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_wrong_architecture, "unknown model architecture: 'zzzzz'"),
+        (_truncated_tensor_data, "data is not within the file bounds"),
+    ],
+    ids=["unknown architecture", "truncated tensor data"],
+)
+def test_the_error_carries_llama_cpp_own_reason(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path, make: Callable[[Path, bytes], None], reason: str
 ) -> None:
-    path = tmp_path / "arch.gguf"
-    _wrong_architecture(path, tiny_model.read_bytes())
-    assert (
-        "unknown model architecture: 'zzzzz'"
-        in sidecar.error("loadModel", {"modelPath": str(path)})["data"]["reason"]
-    )
+    path = tmp_path / "hostile.gguf"
+    make(path, tiny_model.read_bytes())
+    error = sidecar.error("loadModel", {"modelPath": str(path)})
+    assert reason in error["data"]["reason"] and reason in error["message"], error
 
 
 def test_mutated_headers_never_crash_the_sidecar(
@@ -123,12 +129,17 @@ def test_unreadable_file_is_refused_before_llama_cpp_opens_it(
     assert raised.value.data == {"reason": "permission denied"}
 
 
-def test_an_extremely_long_token_is_decoded_whole(tmp_path: Path) -> None:
+def test_an_extremely_long_token_is_decoded_whole(sidecar: RawSidecar, tmp_path: Path) -> None:
     long_token = "x" * 300  # llama-cpp-python's own detokenizer stops at 32 bytes
     path = write_tiny_model(tmp_path / "long-token.gguf", extra_tokens=(long_token,))
-    model = LlamaCppEngine().load(str(path), LoadOptions(context_size=256))
-    try:
-        vocab_size = model.facts.vocab_size
-        assert _token_bytes(model._vocab, vocab_size - 1) == long_token.encode()
-    finally:
-        model.close()
+    vocab_size = sidecar.request("loadModel", {"modelPath": str(path), "contextSize": 512})["vocabSize"]
+    assert sidecar.request("detokenize", {"tokens": [vocab_size - 1]}) == {"text": long_token}
+    # The grammar allows only x's; some seeds pick the long token first, which then arrives whole.
+    forced = {"prompt": "hi", "grammar": f'root ::= "{long_token}"', "temperature": 1.5, "maxTokens": 400}
+    for seed in range(40):
+        chunks, response = sidecar.stream({**forced, "seed": seed})
+        assert response["result"]["text"] == long_token
+        if response["result"]["usage"]["completionTokens"] == 1:
+            assert chunks[0]["content"] == long_token
+            return
+    raise AssertionError("no seed sampled the long token")

@@ -33,7 +33,7 @@ def test_absurd_generation_params_are_refused_by_name(
 ) -> None:
     request = {"prompt": "hi", **params} if "messages" not in params else params
     error = loaded.error("prompt", request)
-    assert error["code"] == -32602 and error["data"]["field"] in (field, ""), error
+    assert error["code"] == -32602 and error["data"]["field"] == field, error
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_absurd_load_params_are_refused_by_name(
     assert error["code"] == -32602 and error["data"]["field"] == field
 
 
-def test_prompts_at_and_just_under_the_context_size(sidecar: RawSidecar, tiny_model: Path) -> None:
+def test_prompts_under_at_and_just_over_the_context_size(sidecar: RawSidecar, tiny_model: Path) -> None:
     sidecar.request("loadModel", {"modelPath": str(tiny_model), "contextSize": 256})
     # "a" is one token in the tiny vocabulary, plus BOS: n letters make n + 1 prompt tokens.
     fits = sidecar.request("prompt", {"prompt": "a" * 254, "temperature": 0})
@@ -55,6 +55,33 @@ def test_prompts_at_and_just_under_the_context_size(sidecar: RawSidecar, tiny_mo
     assert fits["usage"]["completionTokens"] == 1 and fits["finishReason"] == "length"
     full = sidecar.error("prompt", {"prompt": "a" * 255})
     assert full["code"] == -32006 and full["data"] == {"promptTokens": 256, "contextSize": 256}
+    over = sidecar.error("prompt", {"prompt": "a" * 256})
+    assert over["code"] == -32006 and over["data"] == {"promptTokens": 257, "contextSize": 256}
+    chunks, response = sidecar.stream({"prompt": "a" * 256})  # a stream ends with its final chunk first
+    assert [chunk["finishReason"] for chunk in chunks] == ["error"] and response["error"] == over
+
+
+@pytest.mark.parametrize(
+    ("request_id", "echoed"),
+    [
+        (2**64 - 1, 2**64 - 1),  # the largest unsigned 64-bit integer: echoed exactly
+        (-(2**63), -(2**63)),
+        (2**70 + 1, float(2**70)),  # beyond 64 bits: read as a float, echoed rounded (PROTOCOL.md §1)
+        (-(2**70), float(-(2**70))),
+    ],
+)
+def test_request_ids_beyond_64_bits_are_echoed_as_rounded_floats(
+    sidecar: RawSidecar, request_id: int, echoed: int | float
+) -> None:
+    sidecar.send_bytes(b'{"jsonrpc":"2.0","id":%d,"method":"ping"}\n' % request_id)
+    response = sidecar.next_message()
+    assert response["result"] == {} and response["id"] == echoed and type(response["id"]) is type(echoed)
+
+
+def test_a_request_id_too_large_for_a_double_is_a_parse_error(sidecar: RawSidecar) -> None:
+    sidecar.send_bytes(b'{"jsonrpc":"2.0","id":1e400,"method":"ping"}\n')
+    response = sidecar.next_message()
+    assert response["error"]["code"] == -32700 and response["id"] is None
 
 
 def test_deeply_nested_json_is_a_parse_error(sidecar: RawSidecar) -> None:

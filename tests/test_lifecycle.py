@@ -55,13 +55,18 @@ def test_signal_mid_stream_exits_cleanly(sidecar: RawSidecar, tiny_model: Path, 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "stdin EOF"])
 def test_stop_during_a_load_exits_cleanly(sidecar: RawSidecar, slow_model: Path, stop: str) -> None:
-    sidecar.send_request("loadModel", {"modelPath": str(slow_model)})
-    time.sleep(0.05)
+    # Without mmap the weights are read, not mapped: the load lasts long enough to be stopped.
+    request_id = sidecar.send_request("loadModel", {"modelPath": str(slow_model), "useMmap": False})
+    first = sidecar.next_message()
+    assert first["method"] == "loadProgress" and first["params"]["requestId"] == request_id
+    started = time.monotonic()
     if stop == "stdin EOF":
         sidecar.close_stdin()
     else:
         sidecar.process.send_signal(getattr(signal, stop))
     assert sidecar.wait_exit(2) == 0
+    assert time.monotonic() - started < 2
+    assert sidecar.response(request_id, timeout=1)["error"]["code"] == -32800  # the load was stopped
 
 
 def test_idle_sigterm_exits_zero(sidecar: RawSidecar) -> None:
@@ -123,7 +128,39 @@ def test_no_orphan_when_the_parent_is_killed(stdin_of_sidecar: str) -> None:
             pipe.close()
 
 
-def test_a_closed_stdout_ends_the_process_without_spinning(tiny_model: Path) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _wait_until_idle(pid: int, timeout: float = 10.0) -> float:
+    """Wait until the process stops using CPU (start-up is over); return its CPU seconds so far."""
+    deadline = time.monotonic() + timeout
+    used = _cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        used, before = _cpu_seconds(pid), used
+        if used == before:
+            return used
+    raise AssertionError("the sidecar kept using CPU before any request")
+
+
+def _reap(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait at most ``timeout`` s for the process to end: (exit code, CPU seconds it used in all)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_utime + usage.ru_stime
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"the sidecar still ran {timeout} s after its stdout closed")
+
+
+def test_a_closed_stdout_ends_the_process_without_spinning() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar"],
         stdin=subprocess.PIPE,
@@ -133,14 +170,16 @@ def test_a_closed_stdout_ends_the_process_without_spinning(tiny_model: Path) -> 
     )
     assert process.stdin is not None and process.stdout is not None
     process.stdout.close()
+    cpu_at_start = _wait_until_idle(process.pid)
     process.stdin.write(
         b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.0"}}\n'
     )
     process.stdin.flush()
-    started = time.process_time()
-    assert process.wait(timeout=5) == 0
+    # The answer finds no reader: the sidecar must notice, stop and exit, not loop on the error.
+    status, cpu_in_all = _reap(process, timeout=1.0)
     process.stdin.close()
-    assert time.process_time() - started < 1
+    assert status == 0
+    assert cpu_in_all - cpu_at_start < 0.5, f"{cpu_in_all - cpu_at_start:.2f} s of CPU after the write"
 
 
 def test_stdout_stays_clean_while_models_load_and_llama_cpp_logs(

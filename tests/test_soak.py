@@ -46,8 +46,13 @@ def test_load_unload_cycles_keep_memory_flat(sidecar: RawSidecar, tiny_model: Pa
 def test_cancelled_streams_keep_memory_flat(loaded: RawSidecar) -> None:
     def cycle() -> None:
         request_id = loaded.send_request("promptStream", {"prompt": "hello", "temperature": 0})
+        first = loaded.next_message()  # cancelled mid-generation, not while still queued
+        assert first["method"] == "streamChunk" and first["params"]["requestId"] == request_id
+        assert not first["params"]["isFinal"]
         loaded.send({"jsonrpc": "2.0", "method": "cancel", "params": {"requestId": request_id}})
         _chunks, response = loaded.collect_stream(request_id)
-        assert response["result"]["finishReason"] in ("cancelled", "length")
+        # Without maxTokens the stream would run to the end of its 2048-token context.
+        assert response["result"]["finishReason"] == "cancelled", response
+        assert response["result"]["usage"]["completionTokens"] > 0
 
     _grows_under_five_percent(loaded, cycle, warm_up=WARM_UP)
