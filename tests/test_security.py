@@ -146,14 +146,7 @@ def _hostile_calls(model: str) -> list[tuple[str, dict[str, Any], int | None]]:
     "optimize",
     [
         "",
-        pytest.param(
-            "1",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="llama-cpp-python refuses a remote $ref in a JSON schema with an assert, "
-                "which python -O removes: the schema is then fetched",
-            ),
-        ),
+        "1",  # llama-cpp-python's own refusal of a remote $ref is an assert, which -O removes
     ],
     ids=["python", "python -O"],
 )

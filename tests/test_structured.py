@@ -48,7 +48,7 @@ def _nested(depth: int) -> str:
         ({"grammar": _nested(30_000)}, "grammar", "nests groups 30000 deep"),
         ({"grammar": _nested(129)}, "grammar", "nests groups 129 deep"),
         ({"jsonSchema": {"type": "no-such-type"}}, "jsonSchema", "no-such-type"),
-        ({"jsonSchema": {"$ref": "https://example.invalid/schema.json"}}, "jsonSchema", "remote schemas"),
+        ({"jsonSchema": {"$ref": "https://example.invalid/s.json"}}, "jsonSchema", "refers outside itself"),
         ({"grammar": 'root ::= "a"', "jsonSchema": {"type": "object"}}, "", "grammar"),
     ],
     ids=["undefined-rule", "no-root", "nested-30000", "nested-129", "unknown-type", "remote-ref", "both"],

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["MAX_GRAMMAR_NESTING", "grammar_nesting", "parse_error_reason", "stderr_captured"]
+__all__ = ["MAX_GRAMMAR_NESTING", "grammar_nesting", "outside_refs", "parse_error_reason", "stderr_captured"]
 
 # Generated JSON grammars nest a handful of groups; 128 frames fit any thread's stack.
 MAX_GRAMMAR_NESTING = 128
@@ -48,6 +48,21 @@ def grammar_nesting(gbnf: str) -> int:
         elif char == ")":
             depth = max(depth - 1, 0)
     return deepest
+
+
+def outside_refs(schema: object) -> list[str]:
+    """Every ``$ref`` in a JSON Schema that points outside it (anything but ``#…``).
+
+    llama-cpp-python's converter refuses to fetch those with an ``assert``, which
+    ``python -O`` removes; checked here, a request can never make the sidecar fetch.
+    """
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        own = [ref] if isinstance(ref, str) and not ref.startswith("#") else []
+        return own + [found for value in schema.values() for found in outside_refs(value)]
+    if isinstance(schema, list):
+        return [found for item in schema for found in outside_refs(item)]
+    return []
 
 
 def parse_error_reason(stderr_text: str) -> str | None:

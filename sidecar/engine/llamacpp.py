@@ -49,7 +49,7 @@ from .api import (
 )
 from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
 from .gguf_header import GgufHeaderError, read_header, read_metadata
-from .grammar import MAX_GRAMMAR_NESTING, grammar_nesting, parse_error_reason, stderr_captured
+from .grammar import MAX_GRAMMAR_NESTING, grammar_nesting, outside_refs, parse_error_reason, stderr_captured
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "default_threads"]
@@ -360,6 +360,11 @@ class LlamaCppModel:
 
     def grammar_for(self, gbnf: str | None, json_schema: dict[str, object] | None) -> str | None:
         if json_schema is not None:
+            if refs := outside_refs(json_schema):
+                raise InvalidParams(
+                    f"Invalid params: 'jsonSchema' refers outside itself ({refs[0]!r}); only '#' refs work.",
+                    {"field": "jsonSchema"},
+                )
             try:
                 # allow_fetch is off in this converter: a remote $ref is never fetched.
                 gbnf = json_schema_to_gbnf(json.dumps(json_schema))
