@@ -1,34 +1,39 @@
 """Downloading model files into the allowed models directory.
 
 Streams over HTTP(S) into ``<destination>.part``, resumes a partial file with
-an HTTP Range request, verifies sha256, and only then renames the file to its
-final name, so a model path never names half a file. Knows files and HTTP;
-not JSON-RPC (progress goes to a callback, cancellation comes from one), not
-models. This is the one part of the sidecar that writes files.
+an HTTP Range request, verifies sha256, and only then moves the file to its
+final name, so a model path never names half a file. Knows files and what a
+download may do to them (HTTP itself is ``http_fetch``'s); not JSON-RPC
+(progress goes to a callback, cancellation comes from one), not models. This
+is the one part of the sidecar that writes files.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import http.client
 import os
+import stat
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from .errors import DownloadFailed, InvalidParams
+from .http_fetch import SCHEMES, Cancelled, Patience, body_range, open_url, reason, unsatisfied_size
 
-__all__ = ["DownloadOutcome", "Progress", "download"]
+__all__ = ["DownloadOutcome", "Progress", "download", "download_in_thread"]
 
 _CHUNK = 1024 * 1024
 _PROGRESS_EVERY_S = 0.25
-_TIMEOUT_S = 30  # a stalled server: also the longest a cancel can wait
+# No symlink is followed and no text-mode translation happens where the platform has these flags.
+_PART_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 _active: set[str] = set()
 _active_lock = threading.Lock()
 
@@ -49,6 +54,33 @@ class DownloadOutcome:
     complete: bool
 
 
+async def download_in_thread(
+    url: str,
+    destination: str,
+    expected_sha256: str | None,
+    on_progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+) -> DownloadOutcome:
+    """Run ``download`` on a daemon thread of its own.
+
+    Not on asyncio's shared pool: there, slow downloads made tokenize and
+    inspectModel wait for a free thread, and ``asyncio.run`` joins that pool's
+    threads before the process may exit. A daemon thread never holds the exit
+    up; at worst the ``.part`` file misses its last bytes, which a resume fetches.
+    """
+    result: concurrent.futures.Future[DownloadOutcome] = concurrent.futures.Future()
+
+    def run() -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # nobody waits for it any more
+            try:
+                result.set_result(download(url, destination, expected_sha256, on_progress, cancelled))
+            except BaseException as exc:  # handed to the awaiting handler, whatever it is
+                result.set_exception(exc)
+
+    threading.Thread(target=run, name=f"download {os.path.basename(destination)}", daemon=True).start()
+    return await asyncio.wrap_future(result)
+
+
 def download(
     url: str,
     destination: str,
@@ -59,93 +91,251 @@ def download(
     """Fetch ``url`` to ``destination`` (blocking; run it on a thread).
 
     A cancelled download keeps its ``.part`` file, so the same request later
-    resumes it; a failed one keeps it too, unless its content is known bad.
+    resumes it; a failed one keeps it too, unless its content is known bad. A
+    file already at ``destination`` is never replaced (see ``_Transfer.keep_existing``).
     """
-    if urlsplit(url).scheme not in ("http", "https"):
+    if urlsplit(url).scheme not in SCHEMES:
         raise InvalidParams("Invalid params: 'url' must be an http or https URL.", {"field": "url"})
-    partial = destination + ".part"
-    with _claim(partial):
-        return _download_to(url, partial, destination, expected_sha256, on_progress, cancelled)
+    transfer = _Transfer(url, destination, expected_sha256, on_progress, Patience(cancelled))
+    with _claim(transfer.partial):
+        try:
+            return transfer.run()
+        except Cancelled:
+            return DownloadOutcome(destination, transfer.received, None, transfer.resumed, complete=False)
 
 
-def _download_to(
-    url: str,
-    partial: str,
-    destination: str,
-    expected_sha256: str | None,
-    on_progress: Callable[[Progress], None],
-    cancelled: Callable[[], bool],
-) -> DownloadOutcome:
-    start = os.path.getsize(partial) if os.path.exists(partial) else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            resumed = start if response.status == 206 else 0  # a server without ranges sends it all again
-            total = _total(response.headers.get("Content-Length"), resumed)
-            digest = _digest_of(partial, resumed)
-            with open(partial, "r+b" if resumed else "wb") as file:
-                file.seek(resumed)
-                file.truncate()
-                received = _copy(response, file, digest, resumed, total, on_progress, cancelled)
-                file.flush()
-                os.fsync(file.fileno())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start:  # nothing after our partial file: it already holds everything
-            return _finish(
-                partial, destination, _digest_of(partial, start).hexdigest(), expected_sha256, start, start
+class _Transfer:
+    """One download: where it writes, what it expects, and how far it got."""
+
+    def __init__(
+        self,
+        url: str,
+        destination: str,
+        expected_sha256: str | None,
+        on_progress: Callable[[Progress], None],
+        patience: Patience,
+    ) -> None:
+        self.url = url
+        self.destination = destination
+        self.partial = destination + ".part"
+        self.expected = expected_sha256.lower() if expected_sha256 is not None else None
+        self.received = 0  # bytes in the .part file
+        self.resumed = 0
+        self._on_progress = on_progress
+        self._patience = patience
+
+    def run(self) -> DownloadOutcome:
+        try:
+            existing = _existing_size(self.destination)
+            if existing is not None:
+                return self.keep_existing(existing)
+            return self._fetch(_part_size(self.partial))
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise self._failed(f"Download of {self.url} failed: {reason(exc)}.", reason(exc)) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            if isinstance(exc, http.client.IncompleteRead):
+                raise self._failed(
+                    f"Download of {self.url} ended early at {self.received} bytes.", "connection closed"
+                ) from exc
+            raise self._failed(f"Download of {self.url} failed: {reason(exc)}.", reason(exc)) from exc
+
+    def keep_existing(self, size: int) -> DownloadOutcome:
+        """Answer for a file already at the destination: kept if it is the one asked for, else refused.
+
+        It is never replaced: a loaded model may be reading it, and it may be
+        the user's. With ``sha256`` it must match (no network needed); without,
+        its size must be the server's, as node-llama-cpp decides.
+        """
+        if self.expected is None and self._announced_size() != size:
+            raise self._exists()
+        with open(self.destination, "rb") as file:
+            actual = _sha256_of(file, size, self._patience).hexdigest()
+        if self.expected is not None and actual != self.expected:
+            raise self._exists()
+        return DownloadOutcome(self.destination, size, actual, size, complete=True)
+
+    def _announced_size(self) -> int | None:
+        with open_url(self.url, 0, self._patience) as response:
+            return body_range(response, 0)[1]
+
+    def _fetch(self, start: int) -> DownloadOutcome:
+        self.received = start
+        try:
+            response = open_url(self.url, start, self._patience)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not start:
+                raise
+            with contextlib.closing(exc):
+                return self._finish_unsatisfiable(start, exc.headers.get("Content-Range"))
+        with response:
+            return self._receive(response, start)
+
+    def _receive(self, response: http.client.HTTPResponse, start: int) -> DownloadOutcome:
+        resumed, total = body_range(response, start)
+        with os.fdopen(_open_part(self.partial), "r+b") as file:
+            digest = _sha256_of(file, resumed, self._patience)
+            file.seek(resumed)
+            file.truncate()  # a server that ignores Range sends the whole file again
+            self.received = self.resumed = resumed
+            self._copy(response, file, digest, total)
+            file.flush()
+            os.fsync(file.fileno())
+        if total is not None and self.received != total:
+            raise self._failed(
+                f"Download of {self.url} ended early at {self.received} of {total} bytes.",
+                "connection closed",
             )
-        raise DownloadFailed(
-            f"Download of {url} failed: {_reason(exc)}.", {"reason": _reason(exc), "bytes": start}
-        ) from exc
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        got = os.path.getsize(partial) if os.path.exists(partial) else 0
-        raise DownloadFailed(
-            f"Download of {url} failed: {_reason(exc)}.", {"reason": _reason(exc), "bytes": got}
-        ) from exc
-    if cancelled() and (total is None or received < total):  # a cancel after the last byte changes nothing
-        return DownloadOutcome(destination, received, None, resumed, complete=False)
-    if total is not None and received != total:
-        raise DownloadFailed(
-            f"Download of {url} ended early at {received} of {total} bytes.",
-            {"reason": "connection closed", "bytes": received},
+        if total is None and not response.chunked and self.expected is None:
+            # The body ended when the connection did, which a dropped connection also does.
+            raise self._failed(
+                f"The server did not announce the size of {self.url}, so the file cannot be known "
+                "to be whole; pass sha256 to verify it.",
+                "size unknown",
+            )
+        return self._finish(digest.hexdigest())
+
+    def _copy(
+        self,
+        response: http.client.HTTPResponse,
+        file: BinaryIO,
+        digest: hashlib._Hash,
+        total: int | None,
+    ) -> None:
+        started = last_report = time.monotonic()
+        first = self.received
+
+        def report(now: float) -> None:
+            speed = (self.received - first) / max(now - started, 1e-9)
+            self._on_progress(Progress(self.received, total, speed))
+
+        try:
+            while True:
+                self._patience.check()  # data that keeps coming never reaches the read's own check
+                chunk = response.read1(_CHUNK)  # what has arrived: a cancel stays prompt
+                if not chunk:
+                    return
+                file.write(chunk)
+                digest.update(chunk)
+                self.received += len(chunk)
+                now = time.monotonic()
+                if now - last_report >= _PROGRESS_EVERY_S:
+                    last_report = now
+                    report(now)
+        finally:
+            report(time.monotonic())  # the end of the transfer, however it ended
+
+    def _finish_unsatisfiable(self, start: int, content_range: str | None) -> DownloadOutcome:
+        """HTTP 416: nothing lies past the ``.part`` file's end; whole if its size or sha256 says so."""
+        whole = unsatisfied_size(content_range)
+        if whole is not None and whole < start:
+            os.remove(self.partial)  # longer than the file itself: not a piece of it
+            self.received = 0
+            raise self._failed(
+                f"The partial file is longer than {self.url} ({whole} bytes); it was deleted.", "bad range"
+            )
+        if whole != start and self.expected is None:
+            raise self._failed(
+                f"The server refused to resume {self.url} and did not confirm its size.", "bad range"
+            )
+        with os.fdopen(_open_part(self.partial), "rb") as file:
+            actual = _sha256_of(file, start, self._patience).hexdigest()
+        self.resumed = start
+        return self._finish(actual)
+
+    def _finish(self, actual: str) -> DownloadOutcome:
+        if self.expected is not None and actual != self.expected:
+            os.remove(self.partial)  # known bad: resuming it would only repeat the mismatch
+            raise DownloadFailed(
+                "The downloaded file does not match the expected sha256.",
+                {
+                    "reason": "sha256 mismatch",
+                    "bytes": self.received,
+                    "expected": self.expected,
+                    "actual": actual,
+                },
+            )
+        _move_into_place(self.partial, self.destination, self._exists)
+        return DownloadOutcome(self.destination, self.received, actual, self.resumed, complete=True)
+
+    def _exists(self) -> DownloadFailed:
+        return self._failed(
+            f"A different file already exists at {self.destination}; delete it or choose another name.",
+            "exists",
         )
-    return _finish(partial, destination, digest.hexdigest(), expected_sha256, received, resumed)
+
+    def _failed(self, message: str, why: str) -> DownloadFailed:
+        return DownloadFailed(message, {"reason": why, "bytes": self.received})
 
 
-def _copy(
-    response: http.client.HTTPResponse,
-    file: BinaryIO,
-    digest: hashlib._Hash,
-    received: int,
-    total: int | None,
-    on_progress: Callable[[Progress], None],
-    cancelled: Callable[[], bool],
-) -> int:
-    started = last_report = time.monotonic()
-    first = received
-    while not cancelled() and (chunk := response.read1(_CHUNK)):  # what has arrived: cancel stays prompt
-        file.write(chunk)
-        digest.update(chunk)
-        received += len(chunk)
-        now = time.monotonic()
-        if now - last_report >= _PROGRESS_EVERY_S:
-            last_report = now
-            on_progress(Progress(received, total, (received - first) / max(now - started, 1e-9)))
-    on_progress(Progress(received, total, (received - first) / max(time.monotonic() - started, 1e-9)))
-    return received
+# -- files ------------------------------------------------------------------
 
 
-def _finish(
-    partial: str, destination: str, actual: str, expected: str | None, size: int, resumed: int
-) -> DownloadOutcome:
-    if expected is not None and actual != expected.lower():
-        os.remove(partial)  # known bad: resuming it would only repeat the mismatch
+def _existing_size(destination: str) -> int | None:
+    try:
+        info = os.stat(destination)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
         raise DownloadFailed(
-            "The downloaded file does not match the expected sha256.",
-            {"reason": "sha256 mismatch", "bytes": size, "expected": expected.lower(), "actual": actual},
+            f"{destination} already exists and is not a file.", {"reason": "exists", "bytes": 0}
         )
-    os.replace(partial, destination)  # atomic: the final name only ever names a whole file
-    return DownloadOutcome(destination, size, actual, resumed, complete=True)
+    return info.st_size
+
+
+def _part_size(partial: str) -> int:
+    try:
+        info = os.lstat(partial)
+    except FileNotFoundError:
+        return 0
+    _check_part(info, partial)
+    return info.st_size
+
+
+def _open_part(partial: str) -> int:
+    """Open or create the ``.part`` file without following a symlink planted under its name."""
+    fd = os.open(partial, _PART_FLAGS, 0o644)
+    try:
+        _check_part(os.fstat(fd), partial)
+    except DownloadFailed:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_part(info: os.stat_result, partial: str) -> None:
+    """Refuse a ``.part`` that is not a plain file of our own: writing it would write elsewhere."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise DownloadFailed(
+            f"{partial} is a link or not a regular file; remove it to download again.",
+            {"reason": "unsafe partial file", "bytes": 0},
+        )
+
+
+def _sha256_of(file: BinaryIO, length: int, patience: Patience) -> hashlib._Hash:
+    """sha256 of the first ``length`` bytes of ``file`` (a resumed start, or a whole file)."""
+    digest = hashlib.sha256()
+    file.seek(0)
+    remaining = length
+    while remaining and (block := file.read(min(_CHUNK, remaining))):
+        patience.check()  # several GB take seconds
+        digest.update(block)
+        remaining -= len(block)
+    return digest
+
+
+def _move_into_place(partial: str, destination: str, exists: Callable[[], DownloadFailed]) -> None:
+    """Give the finished file its final name, never replacing a file that took that name meanwhile."""
+    try:
+        os.link(partial, destination)  # fails if the name is taken, where os.replace would clobber it
+    except FileExistsError:
+        raise exists() from None
+    except OSError:  # no hard links on this file system (FAT, some network shares)
+        if os.path.lexists(destination):
+            raise exists() from None
+        os.rename(partial, destination)
+        return
+    os.remove(partial)
 
 
 @contextlib.contextmanager
@@ -162,27 +352,3 @@ def _claim(partial: str) -> Iterator[None]:
     finally:
         with _active_lock:
             _active.discard(partial)
-
-
-def _digest_of(partial: str, length: int) -> hashlib._Hash:
-    """sha256 of the first ``length`` bytes already on disk (a resumed download's start)."""
-    digest = hashlib.sha256()
-    if length:
-        with open(partial, "rb") as file:
-            remaining = length
-            while remaining and (block := file.read(min(_CHUNK, remaining))):
-                digest.update(block)
-                remaining -= len(block)
-    return digest
-
-
-def _total(content_length: str | None, resumed: int) -> int | None:
-    return resumed + int(content_length) if content_length and content_length.isdigit() else None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__

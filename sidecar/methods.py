@@ -8,7 +8,6 @@ belong to the rpc layer, models and threads to the service.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.metadata
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .downloads import Progress, download
+from .downloads import Progress, download_in_thread
 from .engine.api import ChatMessage, LoadOptions
 from .errors import InvalidParams
 from .model_paths import ModelPaths
@@ -270,7 +269,8 @@ class _Handlers:
         def cancelled() -> bool:
             return context.cancel_token.cancelled
 
-        outcome = await asyncio.to_thread(download, url, destination, params.get("sha256"), report, cancelled)
+        # A thread of its own, not asyncio's shared pool: see download_in_thread.
+        outcome = await download_in_thread(url, destination, params.get("sha256"), report, cancelled)
         return {
             "modelPath": outcome.path,
             "sizeBytes": outcome.size_bytes,

@@ -80,7 +80,11 @@ def default_model_path() -> str:
 
 
 def _inside(path: str, directory: str) -> bool:
-    return os.path.commonpath([path, directory]) == directory
+    try:
+        common = os.path.commonpath([path, directory])
+    except ValueError:  # on Windows, paths on different drives have nothing in common
+        return False
+    return os.path.normcase(common) == os.path.normcase(directory)  # Windows paths ignore case
 
 
 def _not_installed() -> ModelFileNotFound:
