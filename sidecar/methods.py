@@ -199,7 +199,9 @@ class _Handlers:
             return context.cancel_token.cancelled
 
         request = _generation_request(params)
-        result = await self._service.generate(request, sink, cancelled, context.received_ns)
+        result = await self._service.generate(
+            request, sink, cancelled, context.received_ns, on_cancel=context.cancel_token.on_cancel
+        )
         log.info(
             "request %r: %d prompt tokens, %d generated, %s, %.1f tokens/s",
             context.request_id,

@@ -69,13 +69,28 @@ class CancelToken:
     costs a request nothing (a ``threading.Event`` took about 2 µs to make).
     """
 
-    __slots__ = ("_cancelled",)
+    __slots__ = ("_callbacks", "_cancelled")
 
     def __init__(self) -> None:
         self._cancelled = False
+        self._callbacks: list[Callable[[], None]] | None = None
 
     def cancel(self) -> None:
+        """Set the flag, then run the callbacks (on the event loop: that is where cancels arrive)."""
+        if self._cancelled:
+            return
         self._cancelled = True
+        for callback in self._callbacks or ():
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the token is cancelled (now, if it is), for waits that must end at once."""
+        if self._cancelled:
+            callback()
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
 
     @property
     def cancelled(self) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from .engine.api import (
     ChatMessage,
@@ -44,6 +44,8 @@ from .errors import InvalidParams, NoModelLoaded, RequestCancelled, UnknownModel
 from .sessions import Session, TurnPrompt, reply_reserve, turn_prompt
 
 _T = TypeVar("_T")
+# Registers a callback to run (on the event loop) when the request is cancelled.
+OnCancel: TypeAlias = Callable[[Callable[[], None]], None]
 Vectors = list[list[float]]  # named here: inside ModelService, "list" is a method
 
 __all__ = [
@@ -362,12 +364,14 @@ class ModelService:
         sink: GenerationSink,
         cancelled: StopCheck,
         received_ns: int,
+        on_cancel: OnCancel | None = None,
     ) -> GenerationResult:
         """Queue ``request`` on its model's worker and wait for the result.
 
         ``sink`` gets every piece of text on the worker thread, then ``end``
         exactly once, before the next queued request starts and before this
-        returns or raises.
+        returns or raises. With ``on_cancel``, a cancel that comes while the
+        request waits behind others answers it at once, and it never starts.
         """
         try:
             await self._loads_settled()
@@ -391,7 +395,11 @@ class ModelService:
         def should_stop() -> bool:
             return model.closing or cancelled()
 
-        def job() -> GenerationResult:
+        claim = threading.Lock()  # the job and a cancel while queued race for it; the winner answers
+
+        def job() -> GenerationResult | None:
+            if not claim.acquire(blocking=False):
+                return None  # answered as cancelled while it waited
             try:
                 result = self._run_generation(
                     model, session, request, sampling, sink.text, should_stop, received_ns
@@ -402,7 +410,17 @@ class ModelService:
             sink.end(result)
             return result
 
-        return await self._on_worker(model, job)
+        queued = self._queue_on_worker(model, job)
+        if on_cancel is not None:
+            await _until_done_or_cancelled(queued, on_cancel)
+            if not queued.done() and claim.acquire(blocking=False):
+                queued.add_done_callback(_ignore_outcome)  # the worker will skip it
+                answered = _cancelled_before_start(received_ns)
+                sink.end(answered)
+                return answered
+        outcome = await queued
+        assert outcome is not None  # only a job that lost its claim returns None
+        return outcome
 
     def _run_generation(
         self,
@@ -551,12 +569,19 @@ class ModelService:
 
     async def _on_worker(self, model: LoadedModel, job: Callable[[], _T]) -> _T:
         """Run ``job`` on the model's worker, after the jobs queued before it."""
+        return await self._queue_on_worker(model, job)
+
+    def _queue_on_worker(self, model: LoadedModel, job: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Queue ``job`` now (its place in the queue is taken before this returns)."""
         model.running_jobs += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(model.worker, job)
-        finally:
+        queued = asyncio.get_running_loop().run_in_executor(model.worker, job)
+
+        def finished(_future: asyncio.Future[_T]) -> None:
             model.running_jobs -= 1
             model.last_used = time.time()
+
+        queued.add_done_callback(finished)
+        return queued
 
     def _hand_context_to(self, model: LoadedModel, session: Session | None) -> None:
         """Give the model's context to ``session`` (None: a one-off prompt), on the worker.
@@ -620,6 +645,35 @@ def _append_turn(
         session.prefix_text, session.prefix_tokens = turn.text + reply, (*turn.tokens, *outcome.tokens)
     else:
         session.prefix_text, session.prefix_tokens = "", ()
+
+
+async def _until_done_or_cancelled(task: asyncio.Future[Any], on_cancel: OnCancel) -> None:
+    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not cancelled.done():
+            cancelled.set_result(None)
+
+    on_cancel(wake)
+    await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+    cancelled.cancel()
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody waits for a job that was answered already
+
+
+def _cancelled_before_start(received_ns: int) -> GenerationResult:
+    """The answer to a request cancelled while it waited: nothing evaluated, nothing generated."""
+    outcome = GenerationOutcome("cancelled", 0, 0, 0, 0)
+    return GenerationResult(
+        text="",
+        finish_reason="cancelled",
+        prompt_tokens=0,
+        completion_tokens=0,
+        timings=_timings(outcome, (time.monotonic_ns() - received_ns) / 1e6),
+    )
 
 
 def _timings(outcome: GenerationOutcome, queued_ms: float) -> Timings:

@@ -288,7 +288,10 @@ def test_cancel_of_a_queued_stream_never_runs_it(loaded: RawSidecar) -> None:
     assert loaded.request("cancel", {"requestId": queued}) == {"cancelled": True}
     chunks, response = loaded.collect_stream(queued)
     assert chunks == [chunks[-1]] and chunks[-1]["finishReason"] == "cancelled"
-    assert response["result"]["usage"]["completionTokens"] == 0
+    assert response["result"]["usage"] == {"promptTokens": 0, "completionTokens": 0}
+    # Answered at once, not when its turn came: the stream ahead is still running.
+    ahead = [m["params"] for m in loaded.notifications("streamChunk") if m["params"]["requestId"] == running]
+    assert not any(chunk["isFinal"] for chunk in ahead), "the cancelled stream was answered late"
     loaded.request("cancel", {"requestId": running})
 
 
