@@ -1,12 +1,18 @@
 /** LlmService, the drop-in API: streaming, cancel, crash supervision, worker timeouts and retries. */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { type LlmChunk, LlmService, LLMServiceError, WorkerTimeoutError } from '../src/client/index.js';
+import {
+  CancelTimeoutError,
+  type LlmChunk,
+  LlmService,
+  LLMServiceError,
+  WorkerTimeoutError,
+} from '../src/client/index.js';
 import { FAKE_SIDECAR, fakeService } from './helpers/fake-service.js';
 import {
   devSidecarCommand,
@@ -140,6 +146,33 @@ describe('LlmService on the real sidecar', () => {
     assert.equal(service.cancel('stream-1'), false, 'a finished stream has no handle left');
   });
 
+  test("the old handle: promptStream's promise has requestId and cancel(), which ends the stream mid-way", async () => {
+    const chunks: LlmChunk[] = [];
+    const handle = service.promptStream(
+      'hello',
+      (chunk) => {
+        chunks.push(chunk);
+        if (chunks.length === 2) assert.equal(handle.cancel(), true);
+      },
+      GREEDY,
+    );
+    assert.match(handle.requestId, /^[0-9a-f-]{36}$/, 'a request id is made up when the caller gives none');
+    const result = await handle;
+    assert.equal(result.finishReason, 'cancelled');
+    assert.deepEqual(
+      chunks.filter((c) => c.isFinal).map((c) => c.finishReason),
+      ['cancelled'],
+    );
+    assert.equal(chunks.at(-1)?.isFinal, true);
+    assert.equal(chunks.map((c) => c.content).join(''), result.text);
+    assert.equal(handle.cancel(), false, 'a settled call cannot be cancelled');
+    assert.equal(service.cancel(handle.requestId), false);
+    // The caller's own key is the handle's, and cancel(requestId) reaches the same call.
+    const keyed = service.promptStream('hello', () => service.cancel('mine'), { requestId: 'mine', ...GREEDY });
+    assert.equal(keyed.requestId, 'mine');
+    assert.equal((await keyed).finishReason, 'cancelled');
+  });
+
   test('kill -9 mid-stream rejects the call within 1 s; the next call restarts the sidecar with the model reloaded', async () => {
     const before = service.sidecarPid;
     assert.ok(before !== undefined);
@@ -173,6 +206,51 @@ describe('LlmService on the real sidecar', () => {
   });
 });
 
+describe('LlmService: replies that take longer than the worker timeout', () => {
+  const models = tempDir();
+  const timeoutMs = 300;
+  const service = new LlmService({ sidecar: devSidecarCommand(), logger: () => {}, workerTimeoutMs: timeoutMs });
+  // Long enough to take several worker timeouts to generate on the slow model (a few hundred tokens/s).
+  const long = { maxTokens: 400, raw: true, ...GREEDY };
+
+  before(async () => {
+    const slow = await writeTinyModel(models.dir, 'slow', ['--hidden', '384', '--layers', '6']);
+    await service.loadModel({ modelPath: slow, ...TEST_LOAD });
+  });
+  after(async () => {
+    await service.dispose();
+    models.remove();
+  });
+
+  test('prompt succeeds when its first chunk comes in time, however long the whole reply takes', async () => {
+    const started = Date.now();
+    const result = await service.promptWithResult('hello', long);
+    assert.deepEqual([result.finishReason, result.usage.completionTokens], ['length', 400]);
+    assert.ok(result.timings.decodeMs > 2 * timeoutMs, `the reply took only ${result.timings.decodeMs} ms`);
+    assert.ok(Date.now() - started > 2 * timeoutMs);
+    assert.equal(await service.prompt('hello', long), result.text, 'prompt: the same, as text');
+  });
+
+  test("a chat session's prompt too", async () => {
+    const session = await service.createSession();
+    const result = await session.promptWithResult('hello', { maxTokens: long.maxTokens, ...GREEDY });
+    assert.equal(result.usage.completionTokens, 400);
+    assert.ok(result.timings.decodeMs > 2 * timeoutMs, `the reply took only ${result.timings.decodeMs} ms`);
+    await session.close();
+  });
+
+  test("prompt's handle cancels the reply: it resolves with the text so far", async () => {
+    const handle = service.promptWithResult('hello', long);
+    setTimeout(() => assert.equal(handle.cancel(), true), timeoutMs);
+    const result = await handle;
+    assert.equal(result.finishReason, 'cancelled');
+    assert.ok(result.usage.completionTokens < 400);
+    const text = service.prompt('hello', long);
+    setTimeout(() => service.cancel(text.requestId), timeoutMs);
+    assert.ok((await text).length < (await service.prompt('hello', long)).length);
+  });
+});
+
 describe('LlmService worker timeouts', () => {
   // Each test disposes the service before reading what the fake received: once the
   // sidecar has exited, every stderr line it wrote has been read.
@@ -186,7 +264,7 @@ describe('LlmService worker timeouts', () => {
     assert.equal(outcome.code, 'TIMEOUT');
     assert.match(
       outcome.message,
-      /^promptStream timed out after 2 attempts \(the last: promptStream sent no first chunk within 300 ms\.\)$/,
+      /^promptStream timed out after retries \(2 attempts; the last: promptStream sent no first chunk within 300 ms\.\)$/,
     );
     assert.deepEqual(outcome.data, { attempts: 2, timeoutMs: 300 });
     assert.ok(outcome.cause instanceof WorkerTimeoutError);
@@ -205,15 +283,82 @@ describe('LlmService worker timeouts', () => {
     ]);
   });
 
-  test('prompt: the timeout applies to the response; maxAttempts bounds the tries', async () => {
+  test('prompt: the timeout applies to the first chunk (prompt runs as a stream); maxAttempts bounds the tries', async () => {
     const { service, received } = fakeService('silent', { maxAttempts: 3 });
     const outcome = await service.prompt('hi', { timeoutMs: 100 }).catch((error: unknown) => error);
     await service.dispose();
     assert.match(
       String(outcome),
-      /prompt timed out after 3 attempts \(the last: prompt got no response within 100 ms\.\)/,
+      /^LLMServiceError: prompt timed out after retries \(3 attempts; the last: promptStream sent no first chunk within 100 ms\.\)$/,
     );
-    assert.equal(received().filter((line) => / prompt /.test(line)).length, 3);
+    const prompts = received().filter((line) => / prompt(Stream)? /.test(line));
+    assert.deepEqual(
+      prompts.map((line) => line.split(' ')[1]),
+      ['promptStream', 'promptStream', 'promptStream'],
+    );
+  });
+
+  test('the default worker timeout is 10 s: a first chunk may take up to 10 s, not a moment longer', async (t) => {
+    const { service, entries } = fakeService('silent', { workerTimeoutMs: undefined });
+    await service.loadModel('/fake.gguf');
+    // Only setTimeout is mocked, from here on: the child's I/O still runs; the prompt's timers don't.
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const outcome = service.promptStream('hi', () => {}).catch((error: unknown) => error);
+    const timedOut = (): boolean => entries.some((e) => /attempt 1 of 2 timed out/.test(e.message));
+    const turns = async (): Promise<void> => {
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+    };
+    try {
+      await turns(); // the request is armed with its timer
+      t.mock.timers.tick(9_999);
+      await turns();
+      assert.equal(timedOut(), false, 'timed out before 10 s');
+      t.mock.timers.tick(1);
+      await turns();
+      assert.ok(timedOut(), 'no time-out at 10 s');
+      assert.ok(entries.some((e) => /promptStream sent no first chunk within 10000 ms\./.test(e.message)));
+    } finally {
+      t.mock.timers.reset();
+      await service.dispose();
+    }
+    assert.ok((await outcome) instanceof LLMServiceError);
+  });
+
+  test('an aborted call whose cancel gets no answer rejects after the grace time, with CancelTimeoutError', async () => {
+    const { service, received } = fakeService('silent', { workerTimeoutMs: 0 });
+    await service.loadModel('/fake.gguf');
+    const pid = service.sidecarPid;
+    const controller = new AbortController();
+    const stream = service.promptStream('hi', () => {}, { signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    const started = Date.now();
+    const outcome = await stream.catch((error: unknown) => error);
+    const waited = Date.now() - started;
+    assert.ok(outcome instanceof CancelTimeoutError, String(outcome));
+    assert.equal(outcome.code, 'TIMEOUT');
+    assert.equal(
+      outcome.message,
+      'promptStream was cancelled, but the sidecar did not answer within 300 ms of the cancel.',
+    );
+    assert.ok(waited >= 350 && waited < 2000, `settled ${waited} ms after the call`);
+    assert.equal(service.sidecarPid, pid, 'a sidecar that answers ping is kept');
+    await service.dispose();
+    assert.deepEqual(
+      received().map((line) => line.split(' ').slice(1).join(' ')),
+      ['initialize 1', 'loadModel 2', 'promptStream 3', 'cancel 3', 'ping 4', 'shutdown 5'],
+    );
+  });
+
+  test('an aborted call on a sidecar that answers nothing, not even ping: rejected, and the sidecar restarted', async () => {
+    const { service } = fakeService('hang-after-load', { workerTimeoutMs: 0 });
+    await service.loadModel('/fake.gguf');
+    const pid = service.sidecarPid;
+    assert.ok(pid !== undefined);
+    const handle = service.prompt('hi');
+    setTimeout(() => handle.cancel(), 50);
+    await assert.rejects(handle, CancelTimeoutError);
+    await until(() => !running(pid), 5000, 'the hung sidecar being killed');
+    await service.dispose();
   });
 
   test('a sidecar that stops answering even ping is restarted, with its models reloaded, before the retry', async () => {
@@ -250,7 +395,7 @@ describe('LlmService worker timeouts', () => {
       restart: { initialDelayMs: 10 },
     });
     const started = Date.now();
-    await assert.rejects(service.prompt('hi'), /prompt timed out after 2 attempts/);
+    await assert.rejects(service.prompt('hi'), /prompt timed out after retries \(2 attempts;/);
     assert.ok(Date.now() - started < 5000);
     await service.dispose();
   });
@@ -258,15 +403,42 @@ describe('LlmService worker timeouts', () => {
 
 describe('LlmService supervision limits and bad output', () => {
   test('a sidecar that keeps crashing is restarted with backoff, then RESTART_LIMIT', async () => {
+    const spawns = join(mkdtempSync(join(tmpdir(), 'crashing-')), 'spawns');
+    const crash = `require('node:fs').appendFileSync(${JSON.stringify(spawns)}, Date.now() + '\\n'); process.exit(3)`;
     const service = new LlmService({
-      sidecar: { command: process.execPath, args: ['-e', 'process.exit(3)'] },
+      sidecar: { command: process.execPath, args: ['-e', crash] },
       logger: () => {},
-      restart: { maxRestarts: 2, initialDelayMs: 10 },
+      restart: { maxRestarts: 3, initialDelayMs: 100 },
     });
     const codes: unknown[] = [];
-    for (let i = 0; i < 4; i++) codes.push(await service.listModels().catch((error: LLMServiceError) => error.code));
-    assert.deepEqual(codes, ['SIDECAR_EXITED', 'SIDECAR_EXITED', 'SIDECAR_EXITED', 'RESTART_LIMIT']);
+    for (let i = 0; i < 5; i++) codes.push(await service.listModels().catch((error: LLMServiceError) => error.code));
     await service.dispose();
+    assert.deepEqual(codes, ['SIDECAR_EXITED', 'SIDECAR_EXITED', 'SIDECAR_EXITED', 'SIDECAR_EXITED', 'RESTART_LIMIT']);
+    // Each start waits for the doubled delay after the crash before it (which came after that start).
+    const started = readFileSync(spawns, 'utf8').trim().split('\n').map(Number);
+    const gaps = started.slice(1).map((at, i) => at - (started[i] ?? at));
+    assert.equal(started.length, 4, 'no start past the limit');
+    gaps.forEach((gap, i) => assert.ok(gap >= 100 * 2 ** i, `start ${i + 2} came ${gap} ms after the one before`));
+  });
+
+  test("an old loadModel call with node-llama-cpp's options compiles, loads, and logs what was left out", async () => {
+    const { service, received, entries } = fakeService('silent');
+    const info = await service.loadModel({
+      modelPath: '/fake.gguf',
+      contextSize: 256,
+      useMlock: false,
+      vocabOnly: false,
+    });
+    await service.dispose();
+    assert.equal(info.modelId, 'fake');
+    assert.ok(received().some((line) => / loadModel 2$/.test(line)));
+    assert.ok(
+      entries.some(
+        (e) =>
+          e.level === 'warn' &&
+          e.message === 'loadModel: ignored option(s) the sidecar does not support: useMlock, vocabOnly',
+      ),
+    );
   });
 
   test('a non-JSON stdout line is logged as a protocol error; the host and the calls go on', async () => {

@@ -55,10 +55,37 @@ test('unknown option names are logged and left out', () => {
   const params = generationParams('x', { maxTokens: 3, onTextChunk: () => {} } as PromptOptions, logger);
   assert.deepEqual(params, { maxTokens: 3, messages: [{ role: 'user', content: 'x' }] });
   assert.match(entries[0]?.message ?? '', /prompt: ignored option\(s\) the sidecar does not support: onTextChunk/);
-  const load = loadModelParams({ modelPath: '/m.gguf', contextSize: 512, useMlock: true } as never, logger);
-  assert.deepEqual(load, { modelPath: '/m.gguf', contextSize: 512 });
-  assert.match(entries[1]?.message ?? '', /loadModel: .*useMlock/);
   assert.deepEqual(loadModelParams('default', logger), { modelPath: 'default' });
+});
+
+test("node-llama-cpp's other names compile (no cast) and are left out with a warning", () => {
+  const { logger, entries } = recordingLogger();
+  const load = loadModelParams(
+    { modelPath: '/m.gguf', contextSize: 512, useMlock: true, flashAttention: true },
+    logger,
+  );
+  assert.deepEqual(load, { modelPath: '/m.gguf', contextSize: 512 });
+  const prompt = generationParams(
+    'x',
+    {
+      repeatPenalty: { penalty: 1.1, frequencyPenalty: 0.2, presencePenalty: 0.1 },
+      onTextChunk: (text) => text.length,
+      trimWhitespaceSuffix: true,
+    },
+    logger,
+  );
+  assert.deepEqual(prompt, { repeatPenalty: 1.1, messages: [{ role: 'user', content: 'x' }] });
+  assert.deepEqual(
+    entries.map((e) => [e.level, e.message]),
+    [
+      ['warn', 'loadModel: ignored option(s) the sidecar does not support: useMlock, flashAttention'],
+      ['warn', 'prompt: ignored option(s) the sidecar does not support: onTextChunk, trimWhitespaceSuffix'],
+      [
+        'warn',
+        'prompt: ignored option(s) the sidecar does not support: repeatPenalty.frequencyPenalty, repeatPenalty.presencePenalty',
+      ],
+    ],
+  );
 });
 
 test('grammar and jsonSchema pass through to the params', () => {

@@ -85,6 +85,31 @@ test('close escalates to SIGTERM, then SIGKILL, for a child that ignores EOF and
   await assert.rejects(transport.send({}), { code: 'CLOSED' });
 });
 
+test('a child whose own child holds the pipes: its last message arrives, and the close comes soon after its exit', async () => {
+  const { transport, messages, closed } = nodeChild(`
+    const holder = require('node:child_process').spawn(process.execPath, ['-e', 'setTimeout(() => {}, 5000)'], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    process.stdout.write(JSON.stringify({ holder: holder.pid }) + '\\n');
+    process.exit(3);
+  `);
+  let lastMessageAt = 0;
+  const onmessage = transport.onmessage;
+  transport.onmessage = (message) => {
+    lastMessageAt = Date.now();
+    onmessage?.(message);
+  };
+  await transport.start();
+  const event = await closed;
+  const closedAfterMs = Date.now() - lastMessageAt;
+  const holder = (messages[0] as { holder: number } | undefined)?.holder;
+  if (holder !== undefined) process.kill(holder, 'SIGKILL');
+  assert.equal(event.exit.exitCode, 3);
+  assert.equal(messages.length, 1, 'what the child wrote before it exited is delivered');
+  // Pending calls reject on the close: well within a second of the exit, though the pipes stay open.
+  assert.ok(closedAfterMs < 600, `closed ${closedAfterMs} ms after the last message`);
+});
+
 test('a missing command fails to start with SPAWN_FAILED', async () => {
   const transport = new ProcessTransport({ command: '/nonexistent/sidecar', logger: () => {} });
   await assert.rejects(

@@ -3,7 +3,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { LLMServiceError, RpcConnection, type StreamChunkParams, WorkerTimeoutError } from '../src/client/index.js';
+import {
+  CancelTimeoutError,
+  LLMServiceError,
+  RpcConnection,
+  type StreamChunkParams,
+  WorkerTimeoutError,
+} from '../src/client/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
 
 const quiet = (): void => {};
@@ -133,6 +139,48 @@ test('an abort sends cancel and still settles with the response', async () => {
     [{ requestId: id }],
   );
   transport.deliver({ jsonrpc: '2.0', id, result: { finishReason: 'cancelled' } });
+  assert.deepEqual(await call, { finishReason: 'cancelled' });
+});
+
+test('an abort whose cancel gets no answer rejects with CancelTimeoutError after the grace time', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { transport, rpc } = await connected();
+  const controller = new AbortController();
+  const call = rpc.request('promptStream', {}, { signal: controller.signal, cancelGraceMs: 50, onNotification: quiet });
+  let settled = false;
+  void call.catch(() => (settled = true));
+  t.mock.timers.tick(10_000); // before the abort, no grace runs
+  controller.abort();
+  t.mock.timers.tick(49);
+  await Promise.resolve();
+  assert.equal(settled, false);
+  t.mock.timers.tick(1);
+  await assert.rejects(call, (error: unknown) => {
+    assert.ok(error instanceof CancelTimeoutError);
+    assert.equal(error.code, 'TIMEOUT');
+    assert.equal(
+      error.message,
+      'promptStream was cancelled, but the sidecar did not answer within 50 ms of the cancel.',
+    );
+    return true;
+  });
+  assert.equal(transport.requests('cancel').length, 1, 'one cancel, not a second one at the grace');
+});
+
+test('an abort stops the first-chunk timeout (a cancelled call is never retried); Infinity waits as long as it takes', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { transport, rpc } = await connected();
+  const controller = new AbortController();
+  const options = {
+    signal: controller.signal,
+    firstChunkTimeoutMs: 20,
+    cancelGraceMs: Infinity,
+    onNotification: quiet,
+  };
+  const call = rpc.request('promptStream', {}, options);
+  controller.abort();
+  t.mock.timers.tick(1_000_000);
+  transport.deliver({ jsonrpc: '2.0', id: transport.sent[0]?.['id'], result: { finishReason: 'cancelled' } });
   assert.deepEqual(await call, { finishReason: 'cancelled' });
 });
 

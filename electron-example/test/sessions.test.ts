@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
+  CancelTimeoutError,
   type ChatSession,
   type LlmChunk,
   LlmService,
@@ -379,12 +380,17 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
     ]);
   });
 
-  test('prompt (not streamed) is retried the same way', async () => {
+  test('prompt is retried the same way (it runs as a stream, so the timeout is a first-chunk one)', async () => {
     const { service, received, session } = await fakeSession('session-cancel-first');
     assert.equal(await session.prompt('hi'), 'fake reply');
     assert.deepEqual(await session.getHistory(), [user('hi'), assistant('fake reply')]);
     await service.dispose();
-    assert.deepEqual(calls(received()).slice(3, 7), ['prompt 4', 'cancel 4', 'setSessionHistory 5', 'prompt 6']);
+    assert.deepEqual(calls(received()).slice(3, 7), [
+      'promptStream 4',
+      'cancel 4',
+      'setSessionHistory 5',
+      'promptStream 6',
+    ]);
   });
 
   test('a whole reply that comes after the timeout is the result: not sent again, its chunks delivered', async () => {
@@ -400,6 +406,27 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
     assert.deepEqual(calls(received()).slice(3), ['promptStream 4', 'cancel 4', 'getSession 5', 'shutdown 6']);
   });
 
+  test('a turn its caller cancels, whose cancel gets no answer, rejects after the grace time; the session goes on', async () => {
+    const { service, received, session } = await fakeSession('session-ignore-cancel');
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 50);
+    const started = Date.now();
+    const outcome = await session.prompt('hi', { signal: controller.signal }).catch((error: unknown) => error);
+    const waited = Date.now() - started;
+    assert.ok(outcome instanceof CancelTimeoutError, String(outcome));
+    assert.equal(outcome.message, 'prompt was cancelled, but the sidecar did not answer within 300 ms of the cancel.');
+    assert.ok(waited >= 350 && waited < 2000, `settled ${waited} ms after the call`);
+    assert.equal(await session.prompt('again'), 'fake reply', 'the session goes on');
+    await service.dispose();
+    assert.deepEqual(calls(received()).slice(3), [
+      'promptStream 4',
+      'cancel 4',
+      'ping 5',
+      'promptStream 6',
+      'shutdown 7',
+    ]);
+  });
+
   test('a sidecar that answers ping but not the cancelled turn is not sent the turn again', async () => {
     const { service, received, session } = await fakeSession('session-ignore-cancel');
     const chunks: LlmChunk[] = [];
@@ -409,7 +436,7 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
     assert.equal(outcome.code, 'TIMEOUT');
     assert.match(
       outcome.message,
-      /^session promptStream timed out after 1 attempts \(the last: promptStream sent no first chunk within 300 ms\.\)$/,
+      /^session promptStream timed out after retries \(1 attempt; the last: promptStream sent no first chunk within 300 ms\.\)$/,
     );
     assert.deepEqual(outcome.data, { attempts: 1, timeoutMs: 300 });
     assert.ok(outcome.cause instanceof WorkerTimeoutError);
@@ -438,7 +465,7 @@ describe('ChatSession worker timeouts (against the fake sidecar)', () => {
       'loadModel',
       'createSession',
       'setSessionHistory',
-      'prompt',
+      'promptStream',
       'getSession',
       'shutdown',
     ]);

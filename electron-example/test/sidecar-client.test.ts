@@ -81,27 +81,49 @@ describe('SidecarClient on the real sidecar', () => {
     assert.equal(chunks.map((c) => c.content).join(''), result.text);
   });
 
-  test('concurrent streams each get only their own chunks', async () => {
-    const prompts = ['first prompt', 'a second, different prompt', 'third'];
-    const alone: string[] = [];
-    for (const prompt of prompts) alone.push((await client.prompt({ prompt, maxTokens: 15, ...GREEDY })).text);
-    const seen = prompts.map((): StreamChunkParams[] => []);
-    const results = await Promise.all(
-      prompts.map((prompt, i) => client.promptStream({ prompt, maxTokens: 15, ...GREEDY }, (c) => seen[i]?.push(c))),
-    );
-    const ids = seen.map((chunks) => new Set(chunks.map((c) => c.requestId)));
-    assert.deepEqual(
-      ids.map((set) => set.size),
-      [1, 1, 1],
-    );
-    assert.equal(new Set(ids.flatMap((set) => [...set])).size, 3);
-    for (const [i, chunks] of seen.entries()) {
-      assert.deepEqual(
-        chunks.map((c) => c.index),
-        chunks.map((_c, n) => n),
+  test('concurrent streams on two models interleave on the wire, and each gets only its own chunks', async () => {
+    // One model runs one prompt at a time; two models generate in parallel, so their chunks interleave.
+    const [model] = (await client.listModels()).models;
+    assert.ok(model !== undefined);
+    await client.loadModel({ modelPath: model.modelPath, modelId: 'tiny-2', ...TEST_LOAD });
+    try {
+      const prompts = [
+        { modelId: 'tiny', prompt: 'first prompt' },
+        { modelId: 'tiny-2', prompt: 'a second, different prompt' },
+        { modelId: 'tiny', prompt: 'third' },
+        { modelId: 'tiny-2', prompt: 'and a fourth' },
+      ];
+      const sampling = { maxTokens: 200, ...GREEDY };
+      const alone: string[] = [];
+      for (const prompt of prompts) alone.push((await client.prompt({ ...prompt, ...sampling })).text);
+      const seen = prompts.map((): StreamChunkParams[] => []);
+      const arrival: number[] = [];
+      const results = await Promise.all(
+        prompts.map((prompt, i) =>
+          client.promptStream({ ...prompt, ...sampling }, (c) => {
+            seen[i]?.push(c);
+            arrival.push(i);
+          }),
+        ),
       );
-      assert.equal(chunks.map((c) => c.content).join(''), results[i]?.text);
-      assert.equal(results[i]?.text, alone[i], `stream ${i} differs from the same prompt alone`);
+      const switches = arrival.filter((stream, n) => n > 0 && stream !== arrival[n - 1]).length;
+      assert.ok(switches > prompts.length, `the streams did not interleave: ${switches} switches`);
+      const ids = seen.map((chunks) => new Set(chunks.map((c) => c.requestId)));
+      assert.deepEqual(
+        ids.map((set) => set.size),
+        [1, 1, 1, 1],
+      );
+      assert.equal(new Set(ids.flatMap((set) => [...set])).size, 4);
+      for (const [i, chunks] of seen.entries()) {
+        assert.deepEqual(
+          chunks.map((c) => c.index),
+          chunks.map((_c, n) => n),
+        );
+        assert.equal(chunks.map((c) => c.content).join(''), results[i]?.text);
+        assert.equal(results[i]?.text, alone[i], `stream ${i} differs from the same prompt alone`);
+      }
+    } finally {
+      await client.unloadModel({ modelId: 'tiny-2' });
     }
   });
 

@@ -14,9 +14,10 @@
  * the session again on the new sidecar, with the same model, system prompt,
  * context size and history. Its `id` then changes.
  *
- * Timeouts are the service's (`workerTimeoutMs`, `maxAttempts`), with one
+ * Every turn runs as a stream (`prompt`'s too), so that the timeouts are the
+ * service's first-chunk timeouts (`workerTimeoutMs`, `maxAttempts`), with one
  * difference that keeps a retried turn from being added twice: a timed-out
- * attempt is cancelled and its answer awaited (for up to the timeout again).
+ * attempt is cancelled and its answer awaited (for up to `cancelGraceMs`).
  * An answer with a whole reply (it won the race with the cancel) is the
  * result, and is not tried again. A cancelled answer means the sidecar kept a
  * partial turn: the history is set back to what it was before the attempt,
@@ -25,11 +26,14 @@
  * session is opened again from the history kept here; a sidecar that answers
  * ping but not the cancelled turn is not sent the turn again (it may still add
  * it), the call fails with TIMEOUT, and the next call reads the history back
- * from the sidecar once the stray turn has ended.
+ * from the sidecar once the stray turn has ended. A turn its caller cancelled
+ * waits as long for its answer; without one, it fails with
+ * `CancelTimeoutError` (after the same ping, and restart if it hangs).
  */
 
 import { type LlmChunk, toLlmChunk } from './chunks.js';
-import { LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
+import type { CancelOptions } from './cancellers.js';
+import { CancelTimeoutError, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
 import type { Logger } from './log.js';
 import { sessionTurnParams, type SessionPromptOptions } from './options.js';
 import type {
@@ -68,10 +72,9 @@ export interface SessionHost {
   /** After an attempt got no answer: true when the sidecar did not answer ping and was killed (the next acquire starts a new one). */
   restartIfHung(client: SidecarClient, timeoutMs: number): Promise<boolean>;
   /** Run `body` with a signal that fires on `options.signal` or on `LlmService.cancel(options.requestId)`. */
-  withCanceller<T>(
-    options: { readonly requestId?: string | undefined; readonly signal?: AbortSignal | undefined },
-    body: (signal: AbortSignal | undefined) => Promise<T>,
-  ): Promise<T>;
+  withCanceller<T>(options: CancelOptions, body: (signal: AbortSignal) => Promise<T>): Promise<T>;
+  /** How long a cancelled turn waits for its answer. */
+  readonly cancelGraceMs: number;
 }
 
 type TurnKind = 'prompt' | 'promptStream';
@@ -233,7 +236,7 @@ export class ChatSession {
     kind: TurnKind,
     params: TurnParams,
     timeoutMs: number | undefined,
-    signal: AbortSignal | undefined,
+    signal: AbortSignal,
     onChunk: ((chunk: LlmChunk) => void) | undefined,
   ): Promise<GenerationResult> {
     const attempts = Math.max(this.host.maxAttempts, 1);
@@ -252,26 +255,34 @@ export class ChatSession {
   }
 
   /**
-   * One attempt: on a timeout, cancel it and wait (up to the timeout again) for its answer. Chunks
-   * that come after the timeout are held back: they reach `onChunk` only if this attempt's answer
-   * is the result after all.
+   * One attempt, streamed whatever the kind: on a timeout (no first chunk in time), cancel it; once
+   * cancelled, by the timeout or the caller, wait up to `cancelGraceMs` for its answer. Chunks that
+   * come after the timeout are held back: they reach `onChunk` only if this attempt's answer is the
+   * result after all.
    */
   private async attempt(
     client: SidecarClient,
     kind: TurnKind,
     params: TurnParams,
     timeoutMs: number | undefined,
-    signal: AbortSignal | undefined,
+    signal: AbortSignal,
     onChunk: ((chunk: LlmChunk) => void) | undefined,
   ): Promise<Attempt> {
     const controller = new AbortController();
-    const callSignal = signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]);
+    const callSignal = AbortSignal.any([signal, controller.signal]);
     let timeout: WorkerTimeoutError | undefined;
     let callbackFailed: { readonly error: unknown } | undefined;
     const held: LlmChunk[] = [];
-    let stopTimer = (): void => {};
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            if (callSignal.aborted) return; // cancelled already: the grace bounds the wait
+            timeout = new WorkerTimeoutError(`${kind} sent no first chunk within ${timeoutMs} ms.`, timeoutMs);
+            controller.abort(); // sends cancel; the answer still comes (a cancelled result)
+          }, timeoutMs);
     const deliver = (chunk: StreamChunkParams): void => {
-      stopTimer(); // the first chunk came: no timeout for this stream any more
+      clearTimeout(timer); // the first chunk came: no timeout for this stream any more
       if (callbackFailed !== undefined) return;
       if (timeout !== undefined) {
         held.push(toLlmChunk(chunk));
@@ -285,40 +296,27 @@ export class ChatSession {
         controller.abort();
       }
     };
-    const sessionParams = { ...params, sessionId: this.id };
-    const call =
-      kind === 'promptStream'
-        ? client.promptStream(sessionParams, deliver, { signal: callSignal })
-        : client.prompt(sessionParams, { signal: callSignal });
+    // This class bounds the wait after a cancel itself (below), so that it still hears of a late answer.
+    const call = client.promptStream({ ...params, sessionId: this.id }, deliver, {
+      signal: callSignal,
+      cancelGraceMs: Infinity,
+    });
     const answer = call.then(
       (result): Settled => ({ result }),
       (error: unknown): Settled => ({ error }),
     );
-
-    let settled: Settled | undefined;
-    if (timeoutMs === undefined) {
-      settled = await answer;
-    } else {
-      const what = kind === 'promptStream' ? 'sent no first chunk' : 'got no response';
-      const fired = new Promise<undefined>((resolve) => {
-        const timer = setTimeout(() => {
-          timeout = new WorkerTimeoutError(`${kind} ${what} within ${timeoutMs} ms.`, timeoutMs);
-          controller.abort(); // sends cancel; the answer still comes (a cancelled result)
-          resolve(undefined);
-        }, timeoutMs);
-        stopTimer = () => clearTimeout(timer);
-      });
-      settled = await Promise.race([answer, fired]);
-      stopTimer();
-      if (settled === undefined) settled = await within(answer, timeoutMs);
-    }
+    const graceMs = this.host.cancelGraceMs;
+    const settled = await answeredInTime(answer, callSignal, graceMs);
+    clearTimeout(timer);
 
     if (settled === undefined) {
       // No answer even to the cancel. Should the turn still end, the sidecar's history has it.
       void answer.then(() => {
         if (this.client === client) this.stale = true;
       });
-      return { timeout: timeout as WorkerTimeoutError, answered: false };
+      if (timeout !== undefined) return { timeout, answered: false };
+      await this.host.restartIfHung(client, graceMs);
+      throw callbackFailed === undefined ? new CancelTimeoutError(kind, graceMs) : callbackFailed.error;
     }
     if ('error' in settled) {
       if (settled.error instanceof LLMServiceError && settled.error.fromSidecar && settled.error.code !== -32013)
@@ -326,8 +324,8 @@ export class ChatSession {
       throw callbackFailed === undefined ? settled.error : callbackFailed.error;
     }
     const { result } = settled;
-    const ourCancel = timeout !== undefined && result.finishReason === 'cancelled' && signal?.aborted !== true;
-    if (ourCancel && callbackFailed === undefined) return { timeout: timeout as WorkerTimeoutError, answered: true };
+    const ourCancel = result.finishReason === 'cancelled' && !signal.aborted && callbackFailed === undefined;
+    if (ourCancel && timeout !== undefined) return { timeout, answered: true };
     // A whole reply (perhaps after the timeout: it won the race with the cancel), or a reply the
     // caller cancelled, or one whose callback failed: the sidecar added the turn; so does the history here.
     await this.record(client, params.text, result);
@@ -426,16 +424,26 @@ export class ChatSession {
   }
 }
 
-/** `promise`'s outcome, or undefined when it takes longer than `ms`. */
-async function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+/**
+ * `answer`, or undefined when `signal` fired and `answer` did not come within `graceMs` after it
+ * (never settling with undefined while `signal` has not fired).
+ */
+async function answeredInTime<T>(answer: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T | undefined> {
+  if (!Number.isFinite(graceMs)) return answer;
   let timer: NodeJS.Timeout | undefined;
+  let startGrace = (): void => {};
   const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(resolve, ms, undefined);
+    startGrace = () => {
+      timer = setTimeout(resolve, graceMs, undefined);
+    };
   });
+  if (signal.aborted) startGrace();
+  else signal.addEventListener('abort', startGrace, { once: true });
   try {
-    return await Promise.race([promise, late]);
+    return await Promise.race([answer, late]);
   } finally {
     clearTimeout(timer);
+    signal.removeEventListener('abort', startGrace);
   }
 }
 

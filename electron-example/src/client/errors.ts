@@ -10,7 +10,7 @@
 
 /** Codes of failures detected by the client, never sent by the sidecar. */
 export type ClientErrorCode =
-  /** No answer (or, for streams, no first chunk) in time. */
+  /** No answer (for prompts, no first chunk) in time, or no answer to a cancel in time. */
   | 'TIMEOUT'
   /** The client was closed or disposed; the call did not run. */
   | 'CLOSED'
@@ -64,6 +64,22 @@ export class WorkerTimeoutError extends LLMServiceError {
   }
 }
 
+/**
+ * A call whose signal fired, but whose answer (for a prompt: the cancelled result) did not come
+ * within the grace time after the `cancel`: the sidecar is alive but stuck, or gone silent. Not a
+ * `WorkerTimeoutError`: a call its caller cancelled is never tried again.
+ */
+export class CancelTimeoutError extends LLMServiceError {
+  override readonly name: string = 'CancelTimeoutError';
+  readonly timeoutMs: number;
+
+  constructor(method: string, timeoutMs: number) {
+    const message = `${method} was cancelled, but the sidecar did not answer within ${timeoutMs} ms of the cancel.`;
+    super('TIMEOUT', message, { timeoutMs });
+    this.timeoutMs = timeoutMs;
+  }
+}
+
 /** The error every pending call gets when the sidecar ends without being asked to. */
 export function sidecarExitedError(info: ExitInfo): LLMServiceError {
   const how = info.signal !== null ? `signal ${info.signal}` : `exit code ${String(info.exitCode)}`;
@@ -73,7 +89,8 @@ export function sidecarExitedError(info: ExitInfo): LLMServiceError {
 
 /** The error of a call whose every attempt timed out (each one a `WorkerTimeoutError`, the last as `cause`). */
 export function timedOutError(what: string, attempts: number, last: WorkerTimeoutError | undefined): LLMServiceError {
-  const message = `${what} timed out after ${attempts} attempts (the last: ${last?.message})`;
+  const tries = attempts === 1 ? '1 attempt' : `${attempts} attempts`;
+  const message = `${what} timed out after retries (${tries}; the last: ${last?.message})`;
   return new LLMServiceError('TIMEOUT', message, { attempts, timeoutMs: last?.timeoutMs }, { cause: last });
 }
 

@@ -8,33 +8,41 @@
  * their own. Protocol types are generated from ../protocol/schema.
  */
 
+export type { PromptHandle } from './cancellers.js';
 export { ChatSession } from './chat-session.js';
 export type { ChatSessionOptions } from './chat-session.js';
-export { LLMServiceError, WorkerTimeoutError } from './errors.js';
+export { CancelTimeoutError, LLMServiceError, WorkerTimeoutError } from './errors.js';
 export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
-export { LlmService } from './llm-service.js';
+export { DEFAULT_WORKER_TIMEOUT_MS, LlmService } from './llm-service.js';
+export type { LlmChunk } from './llm-service.js';
+export { defaultLogger } from './log.js';
+export type { Logger, LogLevel } from './log.js';
+export type {
+  IgnoredLoadOptions,
+  IgnoredPromptOptions,
+  LoadModelOptions,
+  PromptOptions,
+  RepeatPenaltyOptions,
+  SessionPromptOptions,
+} from './options.js';
+export { ProcessTransport } from './process-transport.js';
+export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
+export type * from './protocol-types.js';
+export { DEFAULT_CANCEL_GRACE_MS, RpcConnection } from './rpc.js';
+export type { CallOptions, NotificationHandler, RequestOptions, StreamOptions } from './rpc.js';
 export type {
   CallTimeoutOptions,
   DetokenizeOptions,
   DownloadOptions,
   DownloadProgress,
   EmbedOptions,
-  LlmChunk,
   LlmServiceOptions,
   LoadOptions,
   StreamPrompt,
   TokenizeOptions,
-} from './llm-service.js';
-export { defaultLogger } from './log.js';
-export type { Logger, LogLevel } from './log.js';
-export type { LoadModelOptions, PromptOptions, SessionPromptOptions } from './options.js';
-export { ProcessTransport } from './process-transport.js';
-export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
-export type * from './protocol-types.js';
-export { RpcConnection } from './rpc.js';
-export type { CallOptions, NotificationHandler, RequestOptions, StreamOptions } from './rpc.js';
+} from './service-options.js';
 export { PROTOCOL_VERSION, SidecarClient } from './sidecar-client.js';
 export type { DownloadCallOptions, LoadCallOptions, SidecarClientOptions, SpawnOptions } from './sidecar-client.js';
 export { DEFAULT_RESTART_POLICY } from './supervisor.js';

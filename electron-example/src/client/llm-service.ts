@@ -2,23 +2,27 @@
  * `LlmService`: the host app's old API, now backed by the sidecar.
  *
  * Same calls as before (`loadModel`, `unloadModel`, `prompt`, `promptStream`
- * with `{content, isFinal, timestamp}` chunks), plus what the sidecar gives:
- * a stream resolves to its result (finish reason, usage, timings, the parsed
- * `json` of a `jsonSchema` prompt) and takes an AbortSignal; `promptWithResult`
- * is `prompt` with that result; chat sessions (`createSession`, a
- * `ChatSession` the sidecar keeps the history of); `loadModel` with progress
- * and cancel; token arithmetic (`tokenize`, `detokenize`, `countTokens`),
- * `embed`, `inspectModel` and `downloadModel`. A call that gets no response
- * (`prompt`) or no first chunk (`promptStream`) within `workerTimeoutMs` is
- * cancelled and tried again, up to `maxAttempts` in total; a sidecar that then
- * fails a ping is killed and restarted. The supervisor restarts a crashed
- * sidecar on the next call, and this class reloads the models that were
- * loaded, with the same params (sessions open again on their next call).
+ * with `{content, isFinal, timestamp}` chunks, a handle with `cancel()`), plus
+ * what the sidecar gives: a stream resolves to its result (finish reason,
+ * usage, timings, the parsed `json` of a `jsonSchema` prompt) and takes an
+ * AbortSignal; `promptWithResult` is `prompt` with that result; chat sessions
+ * (`createSession`, a `ChatSession` the sidecar keeps the history of);
+ * `loadModel` with progress and cancel; token arithmetic (`tokenize`,
+ * `detokenize`, `countTokens`), `embed`, `inspectModel` and `downloadModel`.
+ * Every prompt runs as a stream (`prompt` too, its chunks unused), so that
+ * `workerTimeoutMs` limits the wait for the first chunk, never the length of
+ * the reply. A prompt whose first chunk does not come in time is cancelled
+ * and tried again, up to `maxAttempts` in total; a sidecar that then fails a
+ * ping is killed and restarted, as is one that does not answer a cancel. The
+ * supervisor restarts a crashed sidecar on the next call, and this class
+ * reloads the models that were loaded, with the same params (sessions open
+ * again on their next call).
  */
 
+import { Cancellers, mapHandle, type PromptHandle } from './cancellers.js';
 import { ChatSession, type ChatSessionOptions, type SessionHost } from './chat-session.js';
 import { type LlmChunk, toLlmChunk } from './chunks.js';
-import { isTimeout, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
+import { CancelTimeoutError, isTimeout, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
 import {
   countTokensParams,
@@ -30,7 +34,6 @@ import {
 import type { SidecarCommand } from './process-transport.js';
 import type {
   ChatMessage,
-  ClientInfo,
   CountTokensResult,
   DownloadModelResult,
   DownloadProgressParams,
@@ -42,107 +45,33 @@ import type {
   ModelInfo,
   StreamChunkParams,
 } from './protocol-types.js';
+import { DEFAULT_CANCEL_GRACE_MS } from './rpc.js';
+import type {
+  DetokenizeOptions,
+  DownloadOptions,
+  DownloadProgress,
+  EmbedOptions,
+  LlmServiceOptions,
+  LoadOptions,
+  StreamPrompt,
+  TokenizeOptions,
+} from './service-options.js';
 import { SidecarClient } from './sidecar-client.js';
-import { DEFAULT_RESTART_POLICY, type RestartPolicy, Supervisor } from './supervisor.js';
+import { DEFAULT_RESTART_POLICY, Supervisor } from './supervisor.js';
 
-export interface LlmServiceOptions {
-  /** How to start the sidecar; `llama-sidecar` (the Python package's console script) on PATH when absent. */
-  readonly sidecar?: SidecarCommand;
-  readonly logger?: Logger;
-  /**
-   * No response (`prompt`) or no first chunk (`promptStream`) within this → WorkerTimeoutError
-   * (default 10 s; 0 turns it off). It counts time queued behind other prompts on the same model.
-   */
-  readonly workerTimeoutMs?: number;
-  /** Tries per call when the worker times out, the first included (default 2). */
-  readonly maxAttempts?: number;
-  /** Spawn until `initialize` is answered (default 30 s). */
-  readonly startTimeoutMs?: number;
-  /** loadModel's timeout (default 5 min). */
-  readonly loadTimeoutMs?: number;
-  readonly restart?: Partial<RestartPolicy>;
-  readonly clientInfo?: ClientInfo;
-  /** How long closing waits at each step (stdin end, SIGTERM) before the next (default 2 s). */
-  readonly closeGraceMs?: number;
-}
-
-export type { LlmChunk };
-
-export type StreamPrompt = string | { readonly text: string };
-
-/** `loadModel`'s second argument. */
-export interface LoadOptions {
-  /**
-   * node-llama-cpp's `onLoadProgress`: the load's progress as a number from 0 to 1, strictly
-   * increasing (llama.cpp's progress through the tensors, at most every 100 ms), called with 1 once
-   * the model is ready, before `loadModel` resolves. Loading a model that is loaded already may
-   * report only the 1.
-   */
-  readonly onLoadProgress?: (progress: number) => void;
-  /**
-   * Cancels the load: `loadModel` then rejects with RequestCancelled (`LLMServiceError`, code
-   * -32800) and the sidecar frees what it had loaded; a load that finished first resolves as usual.
-   */
-  readonly signal?: AbortSignal;
-  /** A key for `LlmService.cancel(requestId)`. */
-  readonly requestId?: string;
-  /** This load's timeout, instead of the service's `loadTimeoutMs`. */
-  readonly timeoutMs?: number;
-}
-
-/** Options of the calls that are not prompts. */
-export interface CallTimeoutOptions {
-  /** This call's timeout (default 60 s). */
-  readonly timeoutMs?: number;
-}
-
-export interface TokenizeOptions extends CallTimeoutOptions {
-  readonly modelId?: string;
-  /** Apply the model's beginning-of-sequence rule, as a raw prompt does (default true). */
-  readonly addBos?: boolean;
-  /** Read control-token text such as `<|im_start|>` as the control token (default true). */
-  readonly special?: boolean;
-}
-
-export interface DetokenizeOptions extends CallTimeoutOptions {
-  readonly modelId?: string;
-  /** Render control tokens as their text (default false). */
-  readonly special?: boolean;
-}
-
-export interface EmbedOptions extends CallTimeoutOptions {
-  readonly modelId?: string;
-  /** Scale each vector to length 1, so a dot product is the cosine similarity (default true). */
-  readonly normalize?: boolean;
-}
-
-/** How far a download has come: bytes on disk (a resumed start included), the size when the server says it. */
-export type DownloadProgress = Omit<DownloadProgressParams, 'requestId'>;
-
-export interface DownloadOptions {
-  /** A file name in the sidecar's first `--models-dir`, or a path inside one; the URL's last segment by default. */
-  readonly destination?: string;
-  /** The expected sha256 (hex): a mismatch fails the download (-32012) and deletes the file. */
-  readonly sha256?: string;
-  /** Called at most every 250 ms while the file arrives, and once at the end. */
-  readonly onProgress?: (progress: DownloadProgress) => void;
-  /** Cancels the download: the call resolves with `complete: false`; the same download later resumes. */
-  readonly signal?: AbortSignal;
-  /** A key for `LlmService.cancel(requestId)`. */
-  readonly requestId?: string;
-  /** A limit on the whole download (none by default). */
-  readonly timeoutMs?: number;
-}
+export type { LlmChunk, PromptHandle };
 
 const DEFAULT_SIDECAR: SidecarCommand = { command: 'llama-sidecar' };
 const PING_TIMEOUT_MS = 2000;
+/** The old service's first-chunk timeout. */
+export const DEFAULT_WORKER_TIMEOUT_MS = 10_000;
 
 export class LlmService {
   private readonly logger: Logger;
   private readonly supervisor: Supervisor;
   /** What to reload after a restart: params by model id, in load order (the last is the default). */
   private readonly loaded = new Map<string, LoadModelParams>();
-  private readonly cancellers = new Map<string, AbortController>();
+  private readonly cancellers = new Cancellers();
   /** Tries per timed-out call, the first included. */
   private readonly maxAttempts: number;
   /** What chat sessions use of this service. */
@@ -160,7 +89,8 @@ export class LlmService {
       maxAttempts: this.maxAttempts,
       timeoutFor: (callOptions) => this.timeoutFor(callOptions),
       restartIfHung: (client, timeoutMs) => this.restartIfHung(client, timeoutMs),
-      withCanceller: (callOptions, body) => this.withCanceller(callOptions, body),
+      withCanceller: (callOptions, body) => this.cancellers.run(callOptions, body),
+      cancelGraceMs: options.cancelGraceMs ?? DEFAULT_CANCEL_GRACE_MS,
     };
   }
 
@@ -176,8 +106,8 @@ export class LlmService {
     const { onLoadProgress, timeoutMs } = options;
     const progress = onLoadProgress && ((update: LoadProgressParams): void => onLoadProgress(update.progress));
     const client = await this.supervisor.acquire();
-    const info = await this.withCanceller(options, (signal) =>
-      client.loadModel(params, { onLoadProgress: progress, signal, timeoutMs }),
+    const info = await this.cancellers.run(options, (signal) =>
+      this.restartIfCancelHangs(client, client.loadModel(params, { onLoadProgress: progress, signal, timeoutMs })),
     );
     this.loaded.delete(info.modelId);
     this.loaded.set(info.modelId, { ...params, modelId: info.modelId });
@@ -207,37 +137,33 @@ export class LlmService {
     return (await (await this.supervisor.acquire()).listModels()).models;
   }
 
-  /** The whole reply to `text` (sent as the user's chat message unless `options.raw`). */
-  async prompt(text: string, options: PromptOptions = {}): Promise<string> {
-    return (await this.promptWithResult(text, options)).text;
+  /**
+   * The whole reply to `text` (sent as the user's chat message unless `options.raw`). The handle's
+   * `cancel()` ends the reply early: it then resolves with the text so far.
+   */
+  prompt(text: string, options: PromptOptions = {}): PromptHandle<string> {
+    return mapHandle(this.promptWithResult(text, options), (result) => result.text);
   }
 
   /**
    * `prompt`, resolving to the whole result: `text`, `finishReason`, `usage`, `timings`, and with
    * `options.jsonSchema` the parsed reply as `json` (absent when the reply was cut, e.g. by `maxTokens`).
    */
-  async promptWithResult(text: string, options: PromptOptions = {}): Promise<GenerationResult> {
-    const params = generationParams(text, options, this.logger);
-    const timeoutMs = this.timeoutFor(options);
-    return this.withCanceller(options, (signal) =>
-      this.withRetries('prompt', (client) => client.prompt(params, { timeoutMs, signal })),
-    );
+  promptWithResult(text: string, options: PromptOptions = {}): PromptHandle<GenerationResult> {
+    return this.generate('prompt', text, () => {}, options);
   }
 
-  /** Stream the reply to `prompt` into `onChunk`; resolves with the result once the final chunk is out. */
-  async promptStream(
+  /**
+   * Stream the reply to `prompt` into `onChunk`; resolves with the result once the final chunk is
+   * out. The handle's `cancel()` (like `options.signal`, or `cancel(handle.requestId)`) ends the
+   * stream: a final chunk, then the result, with finishReason "cancelled".
+   */
+  promptStream(
     prompt: StreamPrompt,
     onChunk: (chunk: LlmChunk) => void,
     options: PromptOptions = {},
-  ): Promise<GenerationResult> {
-    const params = generationParams(typeof prompt === 'string' ? prompt : prompt.text, options, this.logger);
-    const firstChunkTimeoutMs = this.timeoutFor(options);
-    const deliver = (chunk: StreamChunkParams): void => onChunk(toLlmChunk(chunk));
-    return this.withCanceller(options, (signal) =>
-      this.withRetries('promptStream', (client) =>
-        client.promptStream(params, deliver, { firstChunkTimeoutMs, signal }),
-      ),
-    );
+  ): PromptHandle<GenerationResult> {
+    return this.generate('promptStream', prompt, onChunk, options);
   }
 
   /** The token ids of `text` (by default as a raw prompt reads it: the model's BOS rule, control tokens recognized). */
@@ -294,8 +220,8 @@ export class LlmService {
     };
     const progress = onProgress && ((update: DownloadProgressParams): void => onProgress(toProgress(update)));
     const client = await this.supervisor.acquire();
-    return this.withCanceller(options, (signal) =>
-      client.downloadModel(params, { onProgress: progress, signal, timeoutMs }),
+    return this.cancellers.run(options, (signal) =>
+      this.restartIfCancelHangs(client, client.downloadModel(params, { onProgress: progress, signal, timeoutMs })),
     );
   }
 
@@ -304,11 +230,12 @@ export class LlmService {
     return this.supervisor.current?.pid;
   }
 
-  /** Cancel the prompt, load or download started with `options.requestId`; false when none is running. */
+  /**
+   * Cancel the prompt, load or download started with `options.requestId` (or the prompt whose
+   * handle has this `requestId`); false when none is running.
+   */
   cancel(requestId: string): boolean {
-    const controller = this.cancellers.get(requestId);
-    controller?.abort();
-    return controller !== undefined;
+    return this.cancellers.cancel(requestId);
   }
 
   /** Shut the sidecar down gracefully: running prompts end as cancelled, anything else pending and every later call rejects with CLOSED. */
@@ -316,9 +243,28 @@ export class LlmService {
     return this.supervisor.dispose();
   }
 
+  /**
+   * A prompt as a stream, `prompt`'s too: the worker timeout is then a first-chunk timeout, and a
+   * reply that takes longer to generate is not cut off (and generated again) by it.
+   */
+  private generate(
+    what: string,
+    prompt: StreamPrompt,
+    onChunk: (chunk: LlmChunk) => void,
+    options: PromptOptions,
+  ): PromptHandle<GenerationResult> {
+    const firstChunkTimeoutMs = this.timeoutFor(options);
+    const deliver = (chunk: StreamChunkParams): void => onChunk(toLlmChunk(chunk));
+    // Inside the body, so that bad arguments reject the handle, as they rejected the old async calls.
+    return this.cancellers.run(options, (signal) => {
+      const params = generationParams(typeof prompt === 'string' ? prompt : prompt.text, options, this.logger);
+      return this.withRetries(what, (client) => client.promptStream(params, deliver, { firstChunkTimeoutMs, signal }));
+    });
+  }
+
   /** The call's worker timeout: its own, else the service's; undefined when turned off (0). */
   private timeoutFor(options: { readonly timeoutMs?: number | undefined }): number | undefined {
-    const timeoutMs = options.timeoutMs ?? this.options.workerTimeoutMs ?? 10_000;
+    const timeoutMs = options.timeoutMs ?? this.options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
     return timeoutMs > 0 ? timeoutMs : undefined;
   }
 
@@ -339,7 +285,14 @@ export class LlmService {
   }
 
   private async startSidecar(): Promise<SidecarClient> {
-    const { sidecar = DEFAULT_SIDECAR, startTimeoutMs, loadTimeoutMs, clientInfo, closeGraceMs } = this.options;
+    const {
+      sidecar = DEFAULT_SIDECAR,
+      startTimeoutMs,
+      loadTimeoutMs,
+      clientInfo,
+      closeGraceMs,
+      cancelGraceMs,
+    } = this.options;
     const client = await SidecarClient.spawn({
       ...sidecar,
       logger: this.logger,
@@ -347,6 +300,7 @@ export class LlmService {
       loadTimeoutMs,
       clientInfo,
       closeGraceMs,
+      cancelGraceMs,
     });
     for (const [modelId, params] of this.loaded) {
       try {
@@ -374,7 +328,7 @@ export class LlmService {
       let client: SidecarClient | undefined;
       try {
         client = await this.supervisor.acquire();
-        return await attempt(client);
+        return await this.restartIfCancelHangs(client, attempt(client));
       } catch (error) {
         if (!(error instanceof WorkerTimeoutError)) throw error;
         lastTimeout = error;
@@ -383,6 +337,16 @@ export class LlmService {
       }
     }
     throw timedOutError(what, attempts, lastTimeout);
+  }
+
+  /** `call`; when it was cancelled and the sidecar did not answer the cancel, see whether the sidecar hangs. */
+  private async restartIfCancelHangs<T>(client: SidecarClient, call: Promise<T>): Promise<T> {
+    try {
+      return await call;
+    } catch (error) {
+      if (error instanceof CancelTimeoutError) await this.restartIfHung(client, error.timeoutMs);
+      throw error;
+    }
   }
 
   /** A sidecar that cannot even answer a ping is stuck: kill it so the next attempt gets a fresh one (true). */
@@ -395,22 +359,6 @@ export class LlmService {
       this.logger('warn', 'the sidecar does not answer ping; restarting it');
       await this.supervisor.discard(client);
       return true;
-    }
-  }
-
-  /** Run `body` with a signal that fires on `options.signal` or on `cancel(options.requestId)`. */
-  private async withCanceller<T>(
-    options: { readonly requestId?: string | undefined; readonly signal?: AbortSignal | undefined },
-    body: (signal: AbortSignal | undefined) => Promise<T>,
-  ): Promise<T> {
-    const { requestId, signal } = options;
-    if (requestId === undefined) return body(signal);
-    const controller = new AbortController();
-    this.cancellers.set(requestId, controller);
-    try {
-      return await body(signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]));
-    } finally {
-      if (this.cancellers.get(requestId) === controller) this.cancellers.delete(requestId);
     }
   }
 }

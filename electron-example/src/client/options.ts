@@ -3,26 +3,102 @@
  *
  * Prompt options use the protocol's camelCase names; a few node-llama-cpp
  * names users already know are accepted too (`customStopTriggers`,
- * `systemPrompt`, `repeatPenalty: {penalty}`). Unknown option names are
- * reported to the logger and left out, so an old call keeps working instead of
- * being refused by the sidecar's strict params check. It knows names and
- * shapes, not processes or timeouts.
+ * `systemPrompt`, `repeatPenalty: {penalty}`). Other node-llama-cpp names are
+ * typed (deprecated), so that old calls compile; like any unknown name, they
+ * are reported to the logger and left out, so an old call keeps working
+ * instead of being refused by the sidecar's strict params check. It knows
+ * names and shapes, not processes or timeouts.
  */
 
 import type { Logger } from './log.js';
 import type { ChatMessage, CountTokensParams, GenerationParams, LoadModelParams } from './protocol-types.js';
 
-/** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names). */
-export type LoadModelOptions = LoadModelParams;
+/**
+ * node-llama-cpp's model and context options that the sidecar does not take: typed so that an old
+ * `loadModel({...})` compiles; at run time they are left out, with a logged warning.
+ */
+export interface IgnoredLoadOptions {
+  /** @deprecated Ignored (a warning is logged). */
+  useMlock?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  vocabOnly?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  checkTensors?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  lora?: unknown;
+  /** @deprecated Ignored (a warning is logged). */
+  ignoreMemorySafetyChecks?: boolean;
+  /** @deprecated Ignored (a warning is logged): pass it in `loadModel`'s second argument. */
+  onLoadProgress?: (progress: number) => void;
+  /** @deprecated Ignored (a warning is logged): pass `signal` in `loadModel`'s second argument. */
+  loadSignal?: AbortSignal;
+  /** @deprecated Ignored (a warning is logged). */
+  defaultContextFlashAttention?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  flashAttention?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  sequences?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  batching?: unknown;
+  /** @deprecated Ignored (a warning is logged). */
+  swaFullCache?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  performanceTracking?: boolean;
+}
 
-export interface PromptOptions {
+/** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names), and node-llama-cpp's others. */
+export type LoadModelOptions = LoadModelParams & IgnoredLoadOptions;
+
+/** node-llama-cpp's `repeatPenalty` object: only `penalty` has a counterpart in the sidecar. */
+export interface RepeatPenaltyOptions {
+  penalty?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  frequencyPenalty?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  presencePenalty?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  lastTokens?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  penalizeNewLine?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  punishTokensFilter?: (tokens: number[]) => number[];
+}
+
+/**
+ * node-llama-cpp's prompt options that the sidecar does not take: typed so that an old call
+ * compiles; at run time they are left out, with a logged warning.
+ */
+export interface IgnoredPromptOptions {
+  /** @deprecated Ignored (a warning is logged): use `promptStream`'s `onChunk`. */
+  onTextChunk?: (text: string) => void;
+  /** @deprecated Ignored (a warning is logged). */
+  onToken?: (tokens: number[]) => void;
+  /** @deprecated Ignored (a warning is logged): a cancelled prompt always resolves with the text so far. */
+  stopOnAbortSignal?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  trimWhitespaceSuffix?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  responsePrefix?: string;
+  /** @deprecated Ignored (a warning is logged). */
+  evaluationPriority?: number;
+  /** @deprecated Ignored (a warning is logged). */
+  tokenBias?: unknown;
+  /** @deprecated Ignored (a warning is logged). */
+  functions?: Record<string, unknown>;
+  /** @deprecated Ignored (a warning is logged). */
+  documentFunctionParams?: boolean;
+  /** @deprecated Ignored (a warning is logged). */
+  budgets?: { thoughtTokens?: number; commentTokens?: number };
+}
+
+export interface PromptOptions extends IgnoredPromptOptions {
   maxTokens?: number;
   temperature?: number;
   topK?: number;
   topP?: number;
   minP?: number;
-  /** A number, or node-llama-cpp's `{penalty}` object; `false` turns it off. */
-  repeatPenalty?: number | false | { penalty?: number };
+  /** A number, or node-llama-cpp's `{penalty}` object (its other fields are ignored); `false` turns it off. */
+  repeatPenalty?: number | false | RepeatPenaltyOptions;
   seed?: number;
   stop?: string[];
   /** node-llama-cpp's name for `stop` (only string triggers are supported). */
@@ -43,7 +119,7 @@ export interface PromptOptions {
   modelId?: string;
   /** Cancels the prompt; the call then resolves with what was generated so far (finishReason "cancelled"). */
   signal?: AbortSignal;
-  /** A key for `LlmService.cancel(requestId)`, the old handle-style cancel. */
+  /** A key for `LlmService.cancel(requestId)`; one is made up when absent (the handle's `requestId`). */
   requestId?: string;
   /** This call's worker timeout, instead of the service's `workerTimeoutMs`. */
   timeoutMs?: number;
@@ -81,6 +157,7 @@ const LOAD_KEYS = [
 /** The params of `prompt`/`promptStream` for `text` with the old-style `options`. */
 export function generationParams(text: string, options: PromptOptions, logger: Logger): GenerationParams {
   warnUnknown(options, PROMPT_KEYS, 'prompt', logger);
+  warnRepeatPenalty(options.repeatPenalty, 'prompt', logger);
   const params = samplingParams(options);
   if (options.modelId !== undefined) params.modelId = options.modelId;
   if (options.raw) {
@@ -104,6 +181,7 @@ export function sessionTurnParams(
   logger: Logger,
 ): Omit<GenerationParams, 'sessionId' | 'text'> & { text: string } {
   warnUnknown(options, SESSION_PROMPT_KEYS, 'session prompt', logger);
+  warnRepeatPenalty(options.repeatPenalty, 'session prompt', logger);
   return { ...samplingParams(options), text };
 }
 
@@ -161,10 +239,20 @@ function repeatPenaltyValue(value: PromptOptions['repeatPenalty']): number | und
   return typeof value === 'object' ? value.penalty : value;
 }
 
-function warnUnknown(options: object, known: ReadonlySet<string>, call: string, logger: Logger): void {
+function warnUnknown(options: object, known: ReadonlySet<string>, call: string, logger: Logger, prefix = ''): void {
   const unknown = Object.keys(options).filter((key) => !known.has(key));
   if (unknown.length > 0)
-    logger('warn', `${call}: ignored option(s) the sidecar does not support: ${unknown.join(', ')}`);
+    logger(
+      'warn',
+      `${call}: ignored option(s) the sidecar does not support: ${unknown.map((key) => prefix + key).join(', ')}`,
+    );
+}
+
+const REPEAT_PENALTY_KEYS = new Set(['penalty']);
+
+/** node-llama-cpp's `repeatPenalty` object: only its `penalty` is sent. */
+function warnRepeatPenalty(value: PromptOptions['repeatPenalty'], call: string, logger: Logger): void {
+  if (typeof value === 'object') warnUnknown(value, REPEAT_PENALTY_KEYS, call, logger, 'repeatPenalty.');
 }
 
 function isString(value: unknown): value is string {

@@ -36,8 +36,15 @@ export interface ProcessTransportOptions extends SidecarCommand {
 
 const MAX_STDERR_LINE_BYTES = 64 * 1024;
 const EXCERPT_CHARS = 200;
-/** After 'exit', how long to wait for the pipes to close before destroying them (a grandchild may hold them). */
-const PIPE_CLOSE_MS = 1000;
+/**
+ * After 'exit', how long to wait for the pipes to close before destroying them, which ends the
+ * transport (and rejects every pending call). They close at once unless another process (a
+ * grandchild the sidecar started) holds them open. What the sidecar wrote before it exited is
+ * in the pipe already, at most the pipe's buffer (64 KiB on Linux: a longer write blocks until
+ * read), and is read in the next turns of the event loop; 200 ms leaves room for a busy loop and
+ * keeps "pending calls reject within 1 s of a crash" true with a grandchild too.
+ */
+const PIPE_CLOSE_MS = 200;
 
 export class ProcessTransport implements Transport {
   onmessage?: (message: unknown) => void;

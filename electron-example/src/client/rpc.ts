@@ -7,7 +7,9 @@
  * `onNotification`, whatever its method. A timeout or an abandoned request
  * sends `cancel` and rejects at once; an AbortSignal sends `cancel` and keeps
  * waiting, because the sidecar answers a cancelled prompt or download with its
- * partial result. When the channel closes, every pending call rejects at once.
+ * partial result — for a bounded grace time, so that a stuck sidecar cannot
+ * hold a cancelled call forever. When the channel closes, every pending call
+ * rejects at once.
  * It knows the envelope and the `cancel` name, not what the methods mean.
  *
  * Not the `json-rpc-2.0` package: its client rejects pending calls only with
@@ -15,7 +17,7 @@
  * most of what this layer does; the id bookkeeping it would save is a Map.
  */
 
-import { LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
+import { CancelTimeoutError, LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
 import type { CloseEvent, Transport } from './transport.js';
 
@@ -24,7 +26,20 @@ export interface RequestOptions {
   readonly timeoutMs?: number | undefined;
   /** Send `cancel` when it fires; the response (for prompts, a cancelled result) still settles the call. */
   readonly signal?: AbortSignal | undefined;
+  /**
+   * Once `signal` fired, how long to wait for the response before rejecting with
+   * `CancelTimeoutError` (default `DEFAULT_CANCEL_GRACE_MS`). `Infinity` waits as long as it takes,
+   * for a caller that bounds the wait itself and wants a late answer.
+   */
+  readonly cancelGraceMs?: number | undefined;
 }
+
+/**
+ * A cancelled prompt is answered within one token, a queued one at once (PROTOCOL.md, `cancel`):
+ * milliseconds on the test models. Five seconds leave room for a large model on a loaded machine,
+ * and still end a call whose sidecar hangs.
+ */
+export const DEFAULT_CANCEL_GRACE_MS = 5000;
 
 export interface StreamOptions extends RequestOptions {
   /** Reject with `WorkerTimeoutError` (and cancel) when no notification for the request (a chunk) arrives in time. */
@@ -112,20 +127,26 @@ export class RpcConnection {
   }
 
   private armTimers(id: number, call: PendingCall, options: StreamOptions): void {
-    const { timeoutMs, firstChunkTimeoutMs, signal } = options;
-    const giveUpAfter = (ms: number, what: string): NodeJS.Timeout => {
-      const timer = setTimeout(
-        () => this.abandon(id, new WorkerTimeoutError(`${call.method} ${what} within ${ms} ms.`, ms)),
-        ms,
-      );
+    const { timeoutMs, firstChunkTimeoutMs, signal, cancelGraceMs = DEFAULT_CANCEL_GRACE_MS } = options;
+    const after = (ms: number, fire: () => void): NodeJS.Timeout => {
+      const timer = setTimeout(fire, ms);
       call.cleanups.push(() => clearTimeout(timer));
       return timer;
     };
+    const giveUpAfter = (ms: number, what: string): NodeJS.Timeout =>
+      after(ms, () => this.abandon(id, new WorkerTimeoutError(`${call.method} ${what} within ${ms} ms.`, ms)));
     if (timeoutMs !== undefined) giveUpAfter(timeoutMs, 'got no response');
     if (firstChunkTimeoutMs !== undefined)
       call.firstChunkTimer = giveUpAfter(firstChunkTimeoutMs, 'sent no first chunk');
     if (signal !== undefined) {
-      const onAbort = (): void => this.notify('cancel', { requestId: id });
+      const onAbort = (): void => {
+        this.notify('cancel', { requestId: id });
+        // From now on the grace bounds the wait: a first-chunk timeout would retry a cancelled call.
+        clearTimeout(call.firstChunkTimer);
+        // The cancel was sent already: no second one, just stop waiting for its answer.
+        if (Number.isFinite(cancelGraceMs))
+          after(cancelGraceMs, () => this.settle(id, { error: new CancelTimeoutError(call.method, cancelGraceMs) }));
+      };
       signal.addEventListener('abort', onAbort, { once: true });
       call.cleanups.push(() => signal.removeEventListener('abort', onAbort));
     }

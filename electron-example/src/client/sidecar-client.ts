@@ -76,6 +76,8 @@ export interface SidecarClientOptions {
   readonly loadTimeoutMs?: number;
   /** How long `close` waits for `shutdown`'s answer (default 2 s); a process transport waits as long at each later step. */
   readonly closeGraceMs?: number | undefined;
+  /** Default of every call's `cancelGraceMs`: how long a cancelled call waits for its answer (default 5 s). */
+  readonly cancelGraceMs?: number | undefined;
 }
 
 export type SpawnOptions = SidecarClientOptions & ProcessTransportOptions;
@@ -272,7 +274,9 @@ export class SidecarClient {
     options: CallOptions = {},
   ): Promise<ProtocolMethods[M]['result']> {
     const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs(method);
-    return (await this.rpc.request(method, params, { ...options, timeoutMs })) as ProtocolMethods[M]['result'];
+    const cancelGraceMs = options.cancelGraceMs ?? this.options.cancelGraceMs;
+    const result = await this.rpc.request(method, params, { ...options, timeoutMs, cancelGraceMs });
+    return result as ProtocolMethods[M]['result'];
   }
 
   private defaultTimeoutMs(method: keyof ProtocolMethods): number | undefined {

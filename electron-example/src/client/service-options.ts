@@ -1,0 +1,105 @@
+/**
+ * The options of `LlmService`'s constructor and of its calls other than prompts.
+ *
+ * Plain types, kept apart so that llm-service.ts holds behaviour; prompt
+ * options, which are mapped onto the protocol, live in options.ts.
+ */
+
+import type { Logger } from './log.js';
+import type { SidecarCommand } from './process-transport.js';
+import type { ClientInfo, DownloadProgressParams } from './protocol-types.js';
+import type { RestartPolicy } from './supervisor.js';
+
+export interface LlmServiceOptions {
+  /** How to start the sidecar; `llama-sidecar` (the Python package's console script) on PATH when absent. */
+  readonly sidecar?: SidecarCommand;
+  readonly logger?: Logger;
+  /**
+   * No first chunk of a prompt (`prompt` and `promptStream` alike) within this → WorkerTimeoutError
+   * (default 10 s; 0 turns it off). It counts time queued behind other prompts on the same model,
+   * and prompt processing, but not generation: a long reply never times out once it has begun.
+   */
+  readonly workerTimeoutMs?: number;
+  /** Tries per call when the worker times out, the first included (default 2). */
+  readonly maxAttempts?: number;
+  /** Spawn until `initialize` is answered (default 30 s). */
+  readonly startTimeoutMs?: number;
+  /** loadModel's timeout (default 5 min). */
+  readonly loadTimeoutMs?: number;
+  readonly restart?: Partial<RestartPolicy>;
+  readonly clientInfo?: ClientInfo;
+  /** How long closing waits at each step (stdin end, SIGTERM) before the next (default 2 s). */
+  readonly closeGraceMs?: number;
+  /**
+   * How long a cancelled call (its `signal`, `cancel(requestId)`, `handle.cancel()`) waits for the
+   * sidecar's answer (default 5 s; `Infinity`: as long as it takes); then it rejects with
+   * `CancelTimeoutError`, and a sidecar that does not answer a ping either is restarted.
+   */
+  readonly cancelGraceMs?: number;
+}
+
+export type StreamPrompt = string | { readonly text: string };
+
+/** `loadModel`'s second argument. */
+export interface LoadOptions {
+  /**
+   * node-llama-cpp's `onLoadProgress`: the load's progress as a number from 0 to 1, strictly
+   * increasing (llama.cpp's progress through the tensors, at most every 100 ms), called with 1 once
+   * the model is ready, before `loadModel` resolves. Loading a model that is loaded already may
+   * report only the 1.
+   */
+  readonly onLoadProgress?: (progress: number) => void;
+  /**
+   * Cancels the load: `loadModel` then rejects with RequestCancelled (`LLMServiceError`, code
+   * -32800) and the sidecar frees what it had loaded; a load that finished first resolves as usual.
+   */
+  readonly signal?: AbortSignal;
+  /** A key for `LlmService.cancel(requestId)`. */
+  readonly requestId?: string;
+  /** This load's timeout, instead of the service's `loadTimeoutMs`. */
+  readonly timeoutMs?: number;
+}
+
+/** Options of the calls that are not prompts. */
+export interface CallTimeoutOptions {
+  /** This call's timeout (default 60 s). */
+  readonly timeoutMs?: number;
+}
+
+export interface TokenizeOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Apply the model's beginning-of-sequence rule, as a raw prompt does (default true). */
+  readonly addBos?: boolean;
+  /** Read control-token text such as `<|im_start|>` as the control token (default true). */
+  readonly special?: boolean;
+}
+
+export interface DetokenizeOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Render control tokens as their text (default false). */
+  readonly special?: boolean;
+}
+
+export interface EmbedOptions extends CallTimeoutOptions {
+  readonly modelId?: string;
+  /** Scale each vector to length 1, so a dot product is the cosine similarity (default true). */
+  readonly normalize?: boolean;
+}
+
+/** How far a download has come: bytes on disk (a resumed start included), the size when the server says it. */
+export type DownloadProgress = Omit<DownloadProgressParams, 'requestId'>;
+
+export interface DownloadOptions {
+  /** A file name in the sidecar's first `--models-dir`, or a path inside one; the URL's last segment by default. */
+  readonly destination?: string;
+  /** The expected sha256 (hex): a mismatch fails the download (-32012) and deletes the file. */
+  readonly sha256?: string;
+  /** Called at most every 250 ms while the file arrives, and once at the end. */
+  readonly onProgress?: (progress: DownloadProgress) => void;
+  /** Cancels the download: the call resolves with `complete: false`; the same download later resumes. */
+  readonly signal?: AbortSignal;
+  /** A key for `LlmService.cancel(requestId)`. */
+  readonly requestId?: string;
+  /** A limit on the whole download (none by default). */
+  readonly timeoutMs?: number;
+}
