@@ -127,6 +127,24 @@ describe('LlmService on the real sidecar', () => {
     assert.equal(inspected.chatTemplate, true);
   });
 
+  test("node-llama-cpp's gpuLayers 'max' and contextSize 'auto' load: every layer asked for, the sidecar's default context, a note", async () => {
+    const info = await service.loadModel({
+      modelPath: tiny,
+      modelId: 'tiny-auto',
+      gpuLayers: 'max',
+      contextSize: 'auto',
+      ...TEST_LOAD,
+    });
+    try {
+      assert.equal(info.trainContextSize, 2048);
+      assert.equal(info.contextSize, 2048, "min(training context, 4096), the sidecar's default");
+      assert.ok(entries.some((e) => e.level === 'info' && /contextSize 'auto' is approximated/.test(e.message)));
+      assert.ok((await service.prompt('hi', { modelId: 'tiny-auto', maxTokens: 2, ...GREEDY })).length > 0);
+    } finally {
+      assert.equal(await service.unloadModel('tiny-auto'), true);
+    }
+  });
+
   test('an AbortSignal, or cancel(requestId), cancels a running stream', async () => {
     for (const how of ['signal', 'requestId'] as const) {
       const controller = new AbortController();

@@ -1,10 +1,13 @@
 /** The old call shapes and node-llama-cpp names → protocol params (pure). */
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
 
+import type { LoadModelOptions } from '../src/client/index.js';
 import { countTokensParams, generationParams, loadModelParams, type PromptOptions } from '../src/client/options.js';
-import { recordingLogger } from './helpers/sidecar.js';
+import { recordingLogger, REPO_ROOT } from './helpers/sidecar.js';
 
 test('the text is the user turn, after the system prompt and earlier messages', () => {
   const { logger } = recordingLogger();
@@ -114,4 +117,32 @@ test("countTokens params are the prompt's: system prompt, history, the text as t
     messages: [{ role: 'user', content: 'x' }],
   });
   assert.deepEqual(entries, []);
+});
+
+test("node-llama-cpp's gpuLayers 'auto' | 'max' and contextSize 'auto' compile: 'max' is every layer, 'auto' the sidecar's default, noted", () => {
+  const { logger, entries } = recordingLogger();
+  const schema = JSON.parse(
+    readFileSync(path.join(REPO_ROOT, 'protocol', 'schema', 'methods', 'loadModel.json'), 'utf8'),
+  ) as { $defs: { params: { properties: { gpuLayers: { maximum: number } } } } };
+  const old: LoadModelOptions = { modelPath: '/m.gguf', gpuLayers: 'max', contextSize: 'auto', threads: 2 };
+  assert.deepEqual(loadModelParams(old, logger), {
+    modelPath: '/m.gguf',
+    gpuLayers: schema.$defs.params.properties.gpuLayers.maximum,
+    threads: 2,
+  });
+  assert.deepEqual(loadModelParams({ modelPath: '/m.gguf', gpuLayers: 'auto', contextSize: 512 }, logger), {
+    modelPath: '/m.gguf',
+    contextSize: 512,
+  });
+  assert.deepEqual(loadModelParams({ modelPath: '/m.gguf', gpuLayers: 3 }, logger), {
+    modelPath: '/m.gguf',
+    gpuLayers: 3,
+  });
+  assert.deepEqual(
+    entries.map((e) => [e.level, e.message]),
+    [
+      ['info', "loadModel: contextSize 'auto' is approximated by the sidecar's default, min(training context, 4096)"],
+      ['info', "loadModel: gpuLayers 'auto' is approximated by the sidecar's default, 0 (no GPU offload)"],
+    ],
+  );
 });

@@ -12,7 +12,35 @@ import {
   type StreamChunkParams,
 } from '../src/client/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
-import { devSidecarCommand, GREEDY, recordingLogger, tempDir, TEST_LOAD, writeTinyModel } from './helpers/sidecar.js';
+import {
+  devSidecarCommand,
+  GREEDY,
+  recordingLogger,
+  sidecarError,
+  tempDir,
+  TEST_LOAD,
+  writeTinyModel,
+} from './helpers/sidecar.js';
+
+/** A JSON Schema whose every reply is short, so that even the random tiny model ends it (finishReason "stop"). */
+const FLAG = {
+  type: 'object',
+  properties: { ok: { type: 'boolean' }, color: { enum: ['red', 'green', 'blue'] } },
+  required: ['ok', 'color'],
+  additionalProperties: false,
+} as const;
+
+/** Whether `value` is an instance of FLAG. */
+function isFlag(value: unknown): boolean {
+  const { ok, color, ...rest } = value as { ok?: unknown; color?: unknown };
+  return (
+    typeof ok === 'boolean' && FLAG.properties.color.enum.some((c) => c === color) && Object.keys(rest).length === 0
+  );
+}
+
+function norm(vector: readonly number[]): number {
+  return Math.hypot(...vector);
+}
 
 describe('SidecarClient on the real sidecar', () => {
   const models = tempDir();
@@ -228,6 +256,87 @@ describe('SidecarClient on the real sidecar', () => {
     const inspected = await client.inspectModel({ modelPath: model?.modelPath ?? '' });
     assert.equal(inspected.architecture, 'llama');
     assert.equal(inspected.parameterCount, 132_288);
+  });
+
+  test('embed: one vector per input, a string or an array; unit length by default, not with normalize: false', async () => {
+    const texts = ['hello world', 'a second, longer text about something else'];
+    const one = await client.embed({ input: texts[0] ?? '' });
+    const many = await client.embed({ input: texts });
+    const raw = await client.embed({ input: texts, normalize: false });
+    assert.equal(one.embeddings.length, 1);
+    assert.equal(many.embeddings.length, 2);
+    assert.ok(many.promptTokens > one.promptTokens && one.promptTokens > 0);
+    assert.equal(raw.promptTokens, many.promptTokens);
+    const width = 64; // the tiny model's embedding length
+    for (const vector of [...one.embeddings, ...many.embeddings, ...raw.embeddings]) assert.equal(vector.length, width);
+    for (const vector of [...one.embeddings, ...many.embeddings]) assert.ok(Math.abs(norm(vector) - 1) < 1e-4);
+    for (const [i, vector] of raw.embeddings.entries()) {
+      const length = norm(vector);
+      assert.ok(Math.abs(length - 1) > 0.1, `input ${i}: length ${length}, as if normalized`);
+      // The same direction: normalizing the raw vector gives the default one.
+      vector.forEach((x, n) => assert.ok(Math.abs(x / length - (many.embeddings[i]?.[n] ?? NaN)) < 1e-4));
+    }
+    one.embeddings[0]?.forEach((x, n) => assert.ok(Math.abs(x - (many.embeddings[0]?.[n] ?? NaN)) < 1e-4));
+    assert.ok(Math.abs(norm((many.embeddings[0] ?? []).map((x, n) => x - (many.embeddings[1]?.[n] ?? 0)))) > 0.01);
+  });
+
+  test('prompt with a grammar: even the random model replies in it', async () => {
+    for (const seed of [1, 2, 3]) {
+      const result = await client.prompt({ prompt: 'hi', grammar: 'root ::= [a-c]{3,6} "!"', temperature: 1, seed });
+      assert.match(result.text, /^[a-c]{3,6}!$/, `seed ${seed}`);
+      assert.equal(result.finishReason, 'stop');
+      assert.equal(result.json, undefined, 'json comes only with jsonSchema');
+    }
+  });
+
+  test('prompt with jsonSchema: the reply satisfies it, and the result has it parsed as json', async () => {
+    for (const seed of [1, 2, 3]) {
+      const result = await client.prompt({ prompt: 'hi', jsonSchema: FLAG, maxTokens: 200, temperature: 1, seed });
+      assert.equal(result.finishReason, 'stop', `seed ${seed}: ${JSON.stringify(result.text)}`);
+      assert.deepEqual(result.json, JSON.parse(result.text));
+      assert.ok(isFlag(result.json), `seed ${seed}: ${result.text}`);
+    }
+  });
+
+  test('promptStream with jsonSchema: the chunks join to the text, and the final result has json', async () => {
+    const chunks: StreamChunkParams[] = [];
+    const params = { prompt: 'hi', jsonSchema: FLAG, maxTokens: 200, temperature: 1, seed: 4 };
+    const result = await client.promptStream(params, (c) => chunks.push(c));
+    assert.ok(chunks.length > 2, `${chunks.length} chunks`);
+    assert.equal(chunks.map((c) => c.content).join(''), result.text);
+    assert.equal(result.finishReason, 'stop');
+    assert.deepEqual(result.json, JSON.parse(result.text));
+    assert.ok(isFlag(result.json), result.text);
+    const whole = await client.prompt(params);
+    assert.deepEqual([whole.text, whole.json], [result.text, result.json], 'the same reply as prompt');
+  });
+
+  test("an invalid grammar is InvalidParams (-32602), data {field: 'grammar'}, with llama.cpp's reason", async () => {
+    const params = { prompt: 'hi', grammar: 'root ::= yes |', maxTokens: 4 };
+    const errors = [await sidecarError(client.prompt(params), -32602)];
+    errors.push(
+      await sidecarError(
+        client.promptStream(params, () => {}),
+        -32602,
+      ),
+    );
+    for (const error of errors) {
+      assert.deepEqual(error.data, { field: 'grammar' });
+      assert.match(error.message, /Undefined rule identifier 'yes'/);
+    }
+  });
+
+  test('embed on a model id that is not loaded is UnknownModelId (-32005), with the id as data', async () => {
+    const error = await sidecarError(client.embed({ modelId: 'no-such-model', input: 'hi' }), -32005);
+    assert.deepEqual(error.data, { modelId: 'no-such-model' });
+  });
+
+  test('downloadModel on a sidecar started without --models-dir is ModelPathNotAllowed (-32011)', async () => {
+    // Nothing listens on the discard port: a download that got as far as connecting would fail with -32012.
+    const url = 'http://127.0.0.1:9/model.gguf';
+    const error = await sidecarError(client.downloadModel({ url }), -32011);
+    assert.deepEqual(error.data, { modelPath: url });
+    assert.match(error.message, /--models-dir/);
   });
 });
 

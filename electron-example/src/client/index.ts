@@ -23,6 +23,7 @@ export type {
   IgnoredLoadOptions,
   IgnoredPromptOptions,
   LoadModelOptions,
+  NodeLlamaCppLoadValues,
   PromptOptions,
   RepeatPenaltyOptions,
   SessionPromptOptions,

@@ -46,8 +46,22 @@ export interface IgnoredLoadOptions {
   performanceTracking?: boolean;
 }
 
-/** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names), and node-llama-cpp's others. */
-export type LoadModelOptions = LoadModelParams & IgnoredLoadOptions;
+/**
+ * node-llama-cpp's non-numeric values of two load options. Its `'auto'` fits them to the memory
+ * there is; the sidecar does not measure that, so `'auto'` leaves the sidecar's default (with a
+ * logged note). `gpuLayers: 'max'` offloads every layer, as in node-llama-cpp.
+ */
+export interface NodeLlamaCppLoadValues {
+  /** Layers to offload to a GPU; `'max'`: all of them; `'auto'`: the sidecar's default, 0 (a note is logged). */
+  gpuLayers?: number | 'auto' | 'max';
+  /** Context size in tokens; `'auto'`: the sidecar's default, min(training context, 4096) (a note is logged). */
+  contextSize?: number | 'auto';
+}
+
+/** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names, and values), and node-llama-cpp's others. */
+export type LoadModelOptions = Omit<LoadModelParams, keyof NodeLlamaCppLoadValues> &
+  NodeLlamaCppLoadValues &
+  IgnoredLoadOptions;
 
 /** node-llama-cpp's `repeatPenalty` object: only `penalty` has a counterpart in the sidecar. */
 export interface RepeatPenaltyOptions {
@@ -143,16 +157,16 @@ const SESSION_PROMPT_KEYS = new Set<string>([
   'customStopTriggers',
 ]);
 const PROMPT_KEYS = new Set<string>([...SESSION_PROMPT_KEYS, 'modelId', 'messages', 'systemPrompt', 'raw']);
-const LOAD_KEYS = [
-  'modelPath',
-  'modelId',
-  'contextSize',
-  'threads',
-  'gpuLayers',
-  'batchSize',
-  'useMmap',
-  'seed',
-] as const;
+/** `loadModel`'s options sent as they are. */
+const PASSED_LOAD_KEYS = ['modelPath', 'modelId', 'threads', 'batchSize', 'useMmap', 'seed'] as const;
+const LOAD_KEYS = new Set<string>([...PASSED_LOAD_KEYS, 'contextSize', 'gpuLayers']);
+/**
+ * gpuLayers `'max'`: the maximum protocol/schema/methods/loadModel.json allows, more layers than any
+ * model has, so llama.cpp offloads them all.
+ */
+const ALL_GPU_LAYERS = 100_000;
+/** What `'auto'` becomes: the sidecar's default, since it does not fit options to the free memory. */
+const AUTO_DEFAULTS = { gpuLayers: '0 (no GPU offload)', contextSize: 'min(training context, 4096)' } as const;
 
 /** The params of `prompt`/`promptStream` for `text` with the old-style `options`. */
 export function generationParams(text: string, options: PromptOptions, logger: Logger): GenerationParams {
@@ -226,12 +240,25 @@ export function countTokensParams(
 /** `loadModel`'s params from a path or an options object. */
 export function loadModelParams(pathOrOptions: string | LoadModelOptions, logger: Logger): LoadModelParams {
   if (typeof pathOrOptions === 'string') return { modelPath: pathOrOptions };
-  warnUnknown(pathOrOptions, new Set(LOAD_KEYS), 'loadModel', logger);
+  warnUnknown(pathOrOptions, LOAD_KEYS, 'loadModel', logger);
   const params: LoadModelParams = { modelPath: pathOrOptions.modelPath };
-  for (const key of LOAD_KEYS) {
+  for (const key of PASSED_LOAD_KEYS) {
     if (pathOrOptions[key] !== undefined) Object.assign(params, { [key]: pathOrOptions[key] });
   }
+  const { gpuLayers, contextSize } = pathOrOptions;
+  if (typeof contextSize === 'number') params.contextSize = contextSize;
+  if (typeof gpuLayers === 'number') params.gpuLayers = gpuLayers;
+  if (gpuLayers === 'max') params.gpuLayers = ALL_GPU_LAYERS;
+  noteAuto(pathOrOptions, logger);
   return params;
+}
+
+/** Log which options were node-llama-cpp's `'auto'`, left to the sidecar's default. */
+function noteAuto(options: NodeLlamaCppLoadValues, logger: Logger): void {
+  for (const key of ['gpuLayers', 'contextSize'] as const) {
+    if (options[key] === 'auto')
+      logger('info', `loadModel: ${key} 'auto' is approximated by the sidecar's default, ${AUTO_DEFAULTS[key]}`);
+  }
 }
 
 function repeatPenaltyValue(value: PromptOptions['repeatPenalty']): number | undefined {

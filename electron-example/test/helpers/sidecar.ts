@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
-import type { Logger, LogLevel } from '../../src/client/index.js';
+import { type Logger, LLMServiceError, type LogLevel } from '../../src/client/index.js';
 import { devPython, devSidecarCommand, PACKAGE_DIR, REPO_ROOT } from '../../src/sidecar-command.js';
 
 export { devSidecarCommand, PACKAGE_DIR, REPO_ROOT };
@@ -74,4 +74,15 @@ export function running(pid: number): boolean {
     assert.equal((error as NodeJS.ErrnoException).code, 'ESRCH');
     return false;
   }
+}
+
+/** The error `call` rejects with, checked to be the sidecar's error response with this code. */
+export async function sidecarError(call: Promise<unknown>, code: number): Promise<LLMServiceError> {
+  const error: unknown = await call.then(
+    (result) => assert.fail(`resolved with ${JSON.stringify(result).slice(0, 200)}, not error ${code}`),
+    (reason: unknown) => reason,
+  );
+  assert.ok(error instanceof LLMServiceError, `not an LLMServiceError: ${String(error)}`);
+  assert.equal(error.code, code, error.message);
+  return error;
 }
