@@ -284,9 +284,38 @@ class Dispatcher:
 
     async def _answer_batch(self, immediate: list[bytes], calls: list[_Call]) -> None:
         answers = await asyncio.gather(*(self._run(call) for call in calls))
-        lines = immediate + [answer for answer in answers if answer is not None]
+        answered = [
+            (call.context.request_id, line) for call, line in zip(calls, answers, strict=True) if line
+        ]
+        lines = immediate + self._fit_in_one_line(immediate, answered)
         if lines:
             self._send(b"[" + b",".join(lines) + b"]")
+
+    def _fit_in_one_line(
+        self, immediate: list[bytes], answered: list[tuple[RequestId, bytes]]
+    ) -> list[bytes]:
+        """The batch's answers, the longest replaced by -32010 until the batch's line fits the cap."""
+        lines = [line for _id, line in answered]
+
+        def batch_size() -> int:
+            members = [*immediate, *lines]
+            return 2 + sum(len(member) for member in members) + max(len(members) - 1, 0)
+
+        kept = set(range(len(lines)))  # answers not yet replaced
+        while kept and batch_size() > self._max_response_bytes:
+            longest = max(kept, key=lambda index: len(lines[index]))
+            kept.remove(longest)
+            request_id, line = answered[longest]
+            lines[longest] = self._too_large(len(line), request_id)
+        return lines
+
+    def _too_large(self, size: int, request_id: RequestId) -> bytes:
+        too_large = MessageTooLarge(
+            f"The response of {size} bytes exceeds the maximum line size of "
+            f"{self._max_response_bytes} bytes; ask for less at once (e.g. fewer embed inputs).",
+            {"size": size, "maxLineBytes": self._max_response_bytes},
+        )
+        return _error_response(too_large, request_id)
 
     async def _run(self, call: _Call) -> bytes | None:
         context = call.context
@@ -312,14 +341,9 @@ class Dispatcher:
         except TypeError:  # orjson.JSONEncodeError too: a result JSON cannot carry (an int beyond 64 bits)
             log.exception("%s: the result could not be encoded", call.request["method"])
             return _error_response(InternalError(_SEE_THE_LOG), context.request_id)
-        if len(line) > self._max_response_bytes:
-            too_large = MessageTooLarge(
-                f"The response of {len(line)} bytes exceeds the maximum line size of "
-                f"{self._max_response_bytes} bytes; ask for less at once (e.g. fewer embed inputs).",
-                {"size": len(line), "maxLineBytes": self._max_response_bytes},
-            )
-            return _error_response(too_large, context.request_id)
-        return line
+        return (
+            self._too_large(len(line), context.request_id) if len(line) > self._max_response_bytes else line
+        )
 
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""

@@ -28,6 +28,7 @@ class Harness:
 
     def __init__(self, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.sent: list[Any] = []
+        self.line_sizes: list[int] = []
         self.release = asyncio.Event()
         self.seen_tokens: list[RequestContext] = []
 
@@ -65,9 +66,13 @@ class Harness:
                 "note": MethodEntry(_no_check, echo, accepts_notification=True),
                 "now": MethodEntry(_require_text, echo, immediate=True),
             },
-            lambda line: self.sent.append(orjson.loads(line)),
+            self._record,
             max_response_bytes=max_response_bytes,
         )
+
+    def _record(self, line: bytes) -> None:
+        self.line_sizes.append(len(line))
+        self.sent.append(orjson.loads(line))
 
     def feed(self, *messages: object) -> None:
         for message in messages:
@@ -193,6 +198,22 @@ def test_a_result_that_cannot_be_sent_is_answered_with_an_error_in_its_place() -
         assert answers[3]["error"]["code"] == -32603  # an integer JSON cannot carry
 
     run(scenario, max_response_bytes=200)
+
+
+def test_a_batch_whose_line_would_be_too_long_answers_its_longest_member_with_an_error() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.line_sizes.clear()
+        # Each answer fits alone (about 1 KB); together they would not.
+        h.feed([request(1, "echo", {"text": "x" * 1000}), request(2, "echo", {"text": "y" * 900}), 7])
+        (batch,) = await h.settle()
+        assert h.line_sizes[-1] <= 1500
+        answers = {item["id"]: item for item in batch}
+        assert answers[1]["error"]["code"] == -32010 and answers[1]["error"]["data"]["maxLineBytes"] == 1500
+        assert answers[2]["result"] == "y" * 900
+        assert answers[None]["error"]["code"] == -32600
+
+    run(scenario, max_response_bytes=1500)
 
 
 def test_cancel_sets_the_token_and_duplicate_ids_are_refused() -> None:
