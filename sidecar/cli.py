@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import NoReturn, cast
 
 from .engine.api import Engine
-from .settings import Settings
+from .settings import PARENT_PID_ENV, Settings
 from .transport import DEFAULT_MAX_LINE_BYTES, ByteSource, protect_stdout
 
 __all__ = ["main"]
@@ -22,6 +25,8 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the sidecar; exits the process with the server's status."""
+    parent = _parent_pid()  # first: the host may die while the imports below run
+    _exit_quietly_on_stop_signals()
     args = _parse(argv)
     protocol_stream = protect_stdout()  # before llama.cpp can write to fd 1
     logging.basicConfig(
@@ -29,6 +34,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         level=args.log_level.upper(),
         format="sidecar %(levelname)s %(name)s: %(message)s",
     )
+    # llama-cpp-python prints its own chatter (model metadata, prefix-match hits) to
+    # sys.stderr: as log lines it follows --log-level like everything else.
+    sys.stderr = _LogLines(logging.getLogger("sidecar.stderr"))
     from .server import Server  # after the guard: nothing imported before it may print
 
     server = Server(
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             max_model_bytes=args.max_model_bytes or None,
         ),
         engine_factory=_llama_cpp_engine,
+        parent_pid=parent,
     )
     status = asyncio.run(server.serve())
     logging.shutdown()
@@ -50,11 +59,53 @@ def main(argv: list[str] | None = None) -> NoReturn:
     os._exit(status)
 
 
+class _LogLines(io.TextIOBase):
+    """A text stream whose complete lines become INFO log records."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self._logger.info("%s", line)
+        return len(text)
+
+
+def _parent_pid() -> int:
+    told = os.environ.get(PARENT_PID_ENV, "")
+    return int(told) if told.isdigit() else os.getppid()
+
+
+def _exit_quietly_on_stop_signals() -> None:
+    """Exit 0 on SIGTERM/SIGINT while starting; the server takes over these signals once it serves.
+
+    Nothing needs cleaning up before then, and a host that quits during start-up
+    should see the same clean exit as later.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: os._exit(0))
+
+
 def _llama_cpp_engine() -> Engine:
     # Imported on the first loadModel: start-up stays fast and idle memory small.
     from .engine.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -71,7 +122,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-line-bytes",
-        type=int,
+        type=_positive,
         default=DEFAULT_MAX_LINE_BYTES,
         help="longest input line accepted; longer lines get error -32010 (default: 16 MiB)",
     )

@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import orjson
 
+from .settings import PARENT_PID_ENV
+
 __all__ = ["CancelToken", "RemoteError", "SidecarClient", "SidecarExited", "Stream"]
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,7 @@ class SidecarClient:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env=env if env is not None else os.environ.copy(),
+            env={**(env if env is not None else os.environ), PARENT_PID_ENV: str(os.getpid())},
         )
         self._reader = threading.Thread(target=self._read_loop, name="sidecar-client-reader", daemon=True)
         self._reader.start()

@@ -44,7 +44,10 @@ class Server:
         *,
         settings: Settings,
         engine_factory: Callable[[], Engine],
+        parent_pid: int | None = None,
     ) -> None:
+        self._parent_pid = parent_pid if parent_pid is not None else os.getppid()
+        self._made_non_blocking: int | None = None  # stdin's descriptor, if reading it made it so
         self._source = source
         self._sink = sink
         self._writer = LineWriter(sink)
@@ -71,10 +74,14 @@ class Server:
         pipe = _pipe_descriptor(self._source, self._sink)
         if pipe is None or not self._read_on_loop(pipe):
             threading.Thread(target=self._read_input, name="stdin-reader", daemon=True).start()
-        watcher = asyncio.create_task(self._watch_parent(os.getppid()))
+        watcher = asyncio.create_task(self._watch_parent(self._parent_pid))
         await self._stopping.wait()
         watcher.cancel()
         await self._wind_down()
+        if self._made_non_blocking is not None:
+            # An inherited stdin shares its blocking flag with the host: leave it as it was.
+            with contextlib.suppress(OSError):
+                os.set_blocking(self._made_non_blocking, True)
         return 0
 
     def _cancel_request(self, request_id: RequestId) -> bool:
@@ -119,11 +126,15 @@ class Server:
                 self._request_stop("stdin closed")
 
         try:
-            os.set_blocking(fd, False)
+            if os.get_blocking(fd):
+                os.set_blocking(fd, False)
+                self._made_non_blocking = fd
             loop.add_reader(fd, on_readable)
         except (NotImplementedError, OSError):
-            with contextlib.suppress(OSError):
-                os.set_blocking(fd, True)
+            if self._made_non_blocking is not None:
+                with contextlib.suppress(OSError):
+                    os.set_blocking(fd, True)
+                self._made_non_blocking = None
             return False
         return True
 

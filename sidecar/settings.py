@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from .transport import DEFAULT_MAX_LINE_BYTES
 
-__all__ = ["Settings"]
+__all__ = ["PARENT_PID_ENV", "Settings"]
+
+# Set by a host, in the sidecar's environment, to its own pid: the process to outlive is
+# then known even if it died before the sidecar got to ask (os.getppid() would already
+# name its successor).
+PARENT_PID_ENV = "LLAMA_SIDECAR_PARENT_PID"
 
 
 @dataclass(slots=True, frozen=True)

@@ -113,3 +113,16 @@ def test_the_console_script_shakes_hands_and_shuts_down() -> None:
         assert client.ping() == {}
         client.shutdown()
         assert client.process.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_line_limit_that_would_refuse_every_line_is_refused_at_start(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--max-line-bytes", value],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "not a positive number" in done.stderr, done.stderr

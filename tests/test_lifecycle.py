@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.settings import PARENT_PID_ENV
+
 from .harness import ROOT, RawSidecar
 
 LONG_STREAM = {"prompt": "hello", "temperature": 0}
@@ -74,14 +76,20 @@ def test_idle_sigterm_exits_zero(sidecar: RawSidecar) -> None:
     assert sidecar.wait_exit(2) == 0
 
 
-def _spawn_through_a_parent(stdin_of_sidecar: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a parent process that spawns the sidecar; return the parent and the sidecar's pid."""
+def _spawn_through_a_parent(
+    stdin_of_sidecar: str, *, tell_pid: bool = False, then: str = "time.sleep(60)"
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a parent process that spawns the sidecar, then does ``then``; return both pids' owners.
+
+    With ``tell_pid`` the parent names itself in the sidecar's environment, as the clients do.
+    """
+    env = f"{{**os.environ, {PARENT_PID_ENV!r}: str(os.getpid())}}" if tell_pid else "None"
     program = (
-        "import subprocess, sys, time\n"
+        "import os, subprocess, sys, time\n"
         f"child = subprocess.Popen([sys.executable, '-m', 'sidecar'], stdin={stdin_of_sidecar},"
-        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f" stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={env})\n"
         "print(child.pid, flush=True)\n"
-        "time.sleep(60)\n"
+        f"{then}\n"
     )
     parent = subprocess.Popen(
         [sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
@@ -115,7 +123,7 @@ def _gone_within(pid: int, seconds: float) -> bool:
 def test_no_orphan_when_the_parent_is_killed(stdin_of_sidecar: str) -> None:
     parent, sidecar_pid = _spawn_through_a_parent(stdin_of_sidecar)
     try:
-        time.sleep(0.3)  # let the sidecar start its watch
+        _wait_until_idle(sidecar_pid)  # started: it watches the parent it found
         parent.kill()
         parent.wait(5)
         assert _gone_within(sidecar_pid, 3), "the sidecar outlived its parent"
@@ -126,6 +134,54 @@ def test_no_orphan_when_the_parent_is_killed(stdin_of_sidecar: str) -> None:
         for pipe in (parent.stdin, parent.stdout):
             assert pipe is not None
             pipe.close()
+
+
+def test_no_orphan_when_the_parent_dies_as_the_sidecar_starts() -> None:
+    # The parent is gone before the sidecar has run a line: only the pid the parent put in
+    # its environment says whom to outlive (os.getppid() already names the new parent).
+    parent, sidecar_pid = _spawn_through_a_parent("None", tell_pid=True, then="os._exit(0)")
+    try:
+        parent.wait(5)
+        assert _gone_within(sidecar_pid, 5), "the sidecar outlived its parent"
+    finally:
+        if not _gone_within(sidecar_pid, 0):
+            os.kill(sidecar_pid, signal.SIGKILL)
+        for pipe in (parent.stdin, parent.stdout):
+            assert pipe is not None
+            pipe.close()
+
+
+# Makes the sidecar's start-up slow at a known point, and says when it is there: importing
+# its server takes a second.
+_SLOW_START = """
+import importlib.abc, sys, time
+class _Slow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sidecar.server":
+            print("importing the server", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+        return None
+sys.meta_path.insert(0, _Slow())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_during_start_up_exits_zero(signum: int, tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_START)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env
+    )
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        assert process.stderr.readline().endswith(b"importing the server\n")
+        process.send_signal(signum)  # mid start-up, long before the server serves
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.wait(5)
+        process.stdin.close()
+        process.stderr.close()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -200,3 +256,36 @@ def test_stdout_stays_clean_while_models_load_and_llama_cpp_logs(
     # Every line was JSON valid against the schemas (the fixture checks bad_lines),
     # and llama.cpp's own output went to the log instead.
     assert any(b"llama" in line for line in sidecar.stderr_lines)
+
+
+@pytest.mark.parametrize(("level", "shown"), [("warning", False), ("info", True)])
+def test_log_level_governs_llama_cpp_python_s_own_lines_too(
+    tiny_model: Path, level: str, shown: bool
+) -> None:
+    sidecar = RawSidecar("--log-level", level)
+    try:
+        sidecar.initialize()
+        sidecar.request("loadModel", {"modelPath": str(tiny_model)})
+        sidecar.request("prompt", {"prompt": "hi", "maxTokens": 2})
+    finally:
+        sidecar.stop()
+    log = b"".join(sidecar.stderr_lines).decode("utf-8", "replace")
+    # llama-cpp-python prints these to sys.stderr itself, not through logging.
+    assert ("sidecar INFO sidecar.stderr: Model metadata:" in log) is shown
+    assert ("Model metadata:" in log) is shown, log
+
+
+def test_an_inherited_stdin_is_left_blocking_as_it_was() -> None:
+    # The sidecar reads stdin non-blocking; the flag belongs to the pipe, shared with the host.
+    read_end, write_end = os.pipe()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "sidecar"], stdin=read_end, cwd=ROOT)
+        os.write(write_end, b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        os.close(write_end)  # however soon: the sidecar reads stdin non-blocking until the EOF
+        write_end = -1
+        assert process.wait(5) == 0
+        assert os.get_blocking(read_end)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)

@@ -11,7 +11,6 @@ sure one model is used by one thread at a time).
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import stat
@@ -23,6 +22,7 @@ from typing import Any
 
 import jinja2
 import llama_cpp
+import orjson
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
@@ -367,7 +367,7 @@ class LlamaCppModel:
                 )
             try:
                 # allow_fetch is off in this converter: a remote $ref is never fetched.
-                gbnf = json_schema_to_gbnf(json.dumps(json_schema))
+                gbnf = json_schema_to_gbnf(orjson.dumps(json_schema).decode())
             # The converter reports what it cannot handle with assertions and attribute
             # errors as much as with ValueError; any failure here means "unsupported".
             except Exception as exc:
