@@ -34,8 +34,8 @@ bench/.installed: bench/requirements.txt bench/node/package-lock.json $(VENV)/.i
 	touch $@
 
 check: $(VENV)/.installed
-	$(VENV)/bin/ruff format --check sidecar tests
-	$(VENV)/bin/ruff check sidecar tests
+	$(VENV)/bin/ruff format --check sidecar tests bench
+	$(VENV)/bin/ruff check sidecar tests bench
 	$(VENV)/bin/mypy
 
 install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
