@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "1.1"
 SUPPORTED_PROTOCOL_VERSIONS = ("1.0", "1.1")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+")  # MAJOR.MINOR
 SERVER_NAME = "llama-sidecar"
 
 
@@ -436,7 +438,7 @@ def _timings(result: GenerationResult) -> dict[str, float]:
 
 
 def _same_major(requested: str, supported: str) -> bool:
-    return requested.split(".")[0] == supported.split(".")[0]
+    return _VERSION.fullmatch(requested) is not None and requested.split(".")[0] == supported.split(".")[0]
 
 
 def _version(distribution: str) -> str:

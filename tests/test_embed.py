@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 from sidecar.client import RemoteError, SidecarClient
+from sidecar.engine import llamacpp
+from sidecar.engine.api import LoadOptions
+from sidecar.engine.llamacpp import LlamaCppEngine
+from sidecar.errors import ModelLoadFailed
 
 from .harness import RawSidecar
 from .tiny_model import write_tiny_model
@@ -80,3 +84,21 @@ def test_the_embedding_context_is_capped_whatever_the_model_context(
     assert sidecar.request("countTokens", {"prompt": long_input})["promptTokens"] < 8192
     too_long = sidecar.error("embed", {"input": long_input})
     assert too_long["code"] == -32006 and too_long["data"]["contextSize"] == 2048, too_long
+
+
+def test_an_embedding_context_that_does_not_fit_in_memory_fails_cleanly(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LlamaCppEngine()
+    model = engine.load(
+        str(tiny_model), LoadOptions(), progress=lambda _value: None, should_stop=lambda: False
+    )
+    try:
+        monkeypatch.setattr(llamacpp, "available_memory", lambda: 1024)  # after the load: only embed sees it
+        with pytest.raises(ModelLoadFailed) as refused:
+            model.embed(["hello"], normalize=True)
+        assert refused.value.code == -32003 and "embedding context needs" in refused.value.message
+        monkeypatch.undo()
+        assert len(model.embed(["hello"], normalize=True)[0]) == 1  # and it opens once memory is there
+    finally:
+        model.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -11,11 +12,11 @@ from jsonschema import Draft202012Validator
 
 from sidecar.errors import ERROR_CLASSES
 from sidecar.methods import build_method_table
-from sidecar.schema import SCHEMA_DIR, method_names, notification_names
+from sidecar.schema import SCHEMA_DIR, method_names, notification_names, validator_for
 from sidecar.service import ModelService
 from sidecar.settings import Settings
 
-from .harness import ROOT
+from .harness import ROOT, validate_server_message
 
 SPEC = (ROOT / "protocol" / "PROTOCOL.md").read_text()
 
@@ -78,3 +79,98 @@ def test_every_method_schema_has_params_and_result() -> None:
 def test_readme_lists_every_method() -> None:
     readme = (ROOT / "README.md").read_text()
     assert {name for name in method_names() if f"| `{name}` |" not in readme} == set()
+
+
+def _example_lines() -> list[tuple[int, str, str]]:
+    """Every ``-> message`` / ``<- message`` line of the spec: (line number, arrow, JSON text)."""
+    return [
+        (number, match[1], match[2])
+        for number, line in enumerate(SPEC.splitlines(), start=1)
+        if (match := re.fullmatch(r"(->|<-) (.+)", line))
+    ]
+
+
+def test_every_example_message_in_the_spec_validates_against_the_schemas() -> None:
+    method_of: dict[Any, str] = {}  # request id -> method, for the result schema of its response
+    checked = 0
+    for number, arrow, text in _example_lines():
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            # Shortened with "…" (a long vector, a metadata map): skipped; nothing else may fail.
+            assert "…" in text, f"line {number} is not JSON: {text}"
+            continue
+        if arrow == "->":
+            validator_for("message.json#/$defs/Request").validate(message)
+            validator_for(f"methods/{message['method']}.json#/$defs/params").validate(
+                message.get("params", {})
+            )
+            method_of[message["id"]] = message["method"]
+        else:
+            assert "method" in message or message["id"] in method_of, f"line {number} answers no request"
+            validate_server_message(message, method_of)
+        checked += 1
+    assert checked >= 40  # the spec's examples, less the two shortened with "…"
+
+
+def _error_table() -> dict[int, str]:
+    """§7's table: each code's `data` column."""
+    rows = re.findall(r"^\| (-\d+) \| \w+ \| .+ \| (.+) \|$", _section(7), flags=re.MULTILINE)
+    return {int(code): data for code, data in rows}
+
+
+def _schema_data_codes() -> tuple[set[int], set[int]]:
+    """The codes error.json gives a required ``data``, and those it forbids ``data``."""
+    rules = orjson.loads((SCHEMA_DIR / "error.json").read_bytes())["allOf"]
+    with_data = {
+        rule["if"]["properties"]["code"]["const"]
+        for rule in rules
+        if "data" in rule["then"].get("required", [])
+    }
+    without = {
+        code for rule in rules if "not" in rule["then"] for code in rule["if"]["properties"]["code"]["enum"]
+    }
+    return with_data, without
+
+
+def test_the_spec_error_table_and_the_schema_agree_on_which_codes_carry_data() -> None:
+    table = _error_table()
+    with_data, without = _schema_data_codes()
+    assert len(table) == len(ERROR_CLASSES)
+    assert {code for code, data in table.items() if not data.startswith("—")} == with_data
+    assert {code for code, data in table.items() if data.startswith("—")} == without
+
+
+_USAGE = {"promptTokens": 3, "completionTokens": 2}
+_TIMINGS = {"ttftMs": 1.0, "promptMs": 1.0, "decodeMs": 1.0, "tokensPerSecond": 1.0}
+_FINAL = {"requestId": 1, "index": 2, "timestamp": 1, "content": "", "isFinal": True}
+
+
+@pytest.mark.parametrize(
+    ("chunk", "valid"),
+    [
+        ({**_FINAL, "finishReason": "stop", "usage": _USAGE, "timings": _TIMINGS}, True),
+        ({**_FINAL, "finishReason": "error"}, True),
+        ({**_FINAL, "finishReason": "error", "usage": _USAGE, "timings": _TIMINGS}, False),
+        ({**_FINAL, "finishReason": "error", "timings": _TIMINGS}, False),
+        ({**_FINAL, "finishReason": "stop", "usage": _USAGE}, False),
+        ({**_FINAL, "content": "x", "finishReason": "length", "usage": _USAGE, "timings": _TIMINGS}, False),
+        ({**_FINAL, "content": "x", "finishReason": "error"}, False),
+        ({**_FINAL, "isFinal": False, "content": "x"}, True),
+        ({**_FINAL, "isFinal": False, "finishReason": "stop"}, False),
+    ],
+    ids=[
+        "final",
+        "final-error",
+        "error-with-usage",
+        "error-with-timings",
+        "final-without-timings",
+        "final-with-content",
+        "error-with-content",
+        "piece",
+        "piece-with-reason",
+    ],
+)
+def test_the_final_chunk_is_empty_and_an_error_chunk_has_no_usage(chunk: dict[str, Any], valid: bool) -> None:
+    # The sidecar always ends a stream this way (methods._ChunkStream.end); the schema holds hosts to it.
+    assert validator_for("notifications/streamChunk.json#/$defs/params").is_valid(chunk) is valid

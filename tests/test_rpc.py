@@ -259,6 +259,16 @@ def test_shutting_down_refuses_new_requests() -> None:
     run(scenario)
 
 
+def test_an_unknown_method_while_stopping_is_still_method_not_found() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.dispatcher.shutting_down = True
+        h.feed(request(1, "nope"))
+        assert (await h.settle())[0]["error"]["code"] == -32601
+
+    run(scenario)
+
+
 def test_over_long_line_marker_is_answered_with_id_null() -> None:
     async def scenario(h: Harness) -> None:
         h.dispatcher.handle_frame(LineTooLong(99, 10))

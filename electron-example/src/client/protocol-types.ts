@@ -64,7 +64,7 @@ export type InvalidRequest = -32600;
  */
 export type MethodNotFound = -32601;
 /**
- * A param is missing, unknown, or of the wrong type or range; the message names it and data.field says where. Also: params as an array, an unsupported protocolVersion (data: supported, requested), messages without a chat template or refused by it, a grammar or jsonSchema llama.cpp cannot use, a contextSize beyond the training context or free memory, a download URL that names no file without a destination.
+ * A param is missing, unknown, or of the wrong type or range; the message names it and data.field says where. Also: params as an array, an unsupported protocolVersion (data: supported, requested), messages without a chat template or refused by it, a session turn's text refused by the template, createSession on a model without a chat template or with a contextSize beyond the model's, embed on a reranker, a grammar or jsonSchema llama.cpp cannot use or nesting groups more than 128 deep, a token id outside the vocabulary, a loadModel contextSize beyond the training context or free memory, a download URL that is not http(s) or names no file without a destination.
  */
 export type InvalidParams = -32602;
 /**
@@ -76,15 +76,15 @@ export type InternalError = -32603;
  */
 export type ModelFileNotFound = -32001;
 /**
- * A request for a method that exists, other than initialize, came before a successful initialize.
+ * A request for a method that exists, other than initialize, came before a successful initialize (also one sent right behind an initialize that then failed).
  */
 export type NotInitialized = -32002;
 /**
- * llama.cpp could not load the file; data.reason holds its own words.
+ * llama.cpp could not load the file (or it is a directory or unreadable); inspectModel could not read the header or found a tensor table declaring more weights than the file has bits; embed found no memory for the embedding context. data.reason holds llama.cpp's own words where it gave them.
  */
 export type ModelLoadFailed = -32003;
 /**
- * The request needs a model and none is loaded.
+ * The request needs a model (prompt, promptStream, tokenize, detokenize, countTokens, embed, createSession), names none, and none is loaded.
  */
 export type NoModelLoaded = -32004;
 /**
@@ -92,7 +92,7 @@ export type NoModelLoaded = -32004;
  */
 export type UnknownModelId = -32005;
 /**
- * The prompt does not fit the model's context.
+ * The prompt does not fit the model's context; or a session turn's system prompt and message leave no room for the reply in the session's context; or an embed input is longer than the embedding context. data.contextSize is the size of that context.
  */
 export type ContextOverflow = -32006;
 /**
@@ -116,7 +116,7 @@ export type MessageTooLarge = -32010;
  */
 export type ModelPathNotAllowed = -32011;
 /**
- * A download failed (network, HTTP error, connection closed early) or did not match its sha256.
+ * A download failed or did not match its sha256. data.reason: "connection closed", "sha256 mismatch" (with expected and actual), "busy" (another request downloads to that destination), "exists" (a different file is already there), "size unknown" (a body of unannounced size without sha256), "bad range" (a resume answered from the wrong byte), "unsafe partial file" (the .part is a symbolic link, has other hard links or is not a regular file), "too many redirects", or free text (an HTTP status, a refused redirect, a stalled server, an OS error). data.bytes: how far it got, in bytes.
  */
 export type DownloadFailed = -32012;
 /**
@@ -124,7 +124,7 @@ export type DownloadFailed = -32012;
  */
 export type UnknownSessionId = -32013;
 /**
- * A loadModel was cancelled before it finished (LSP's code); what it had loaded is freed.
+ * A loadModel was cancelled before it finished (LSP's code), by cancel or by the stop sequence (shutdown, end of stdin, a signal); what it had loaded is freed.
  */
 export type RequestCancelled = -32800;
 /**
@@ -795,7 +795,7 @@ export interface EmbedResult {
  */
 export interface InitializeParams {
   /**
-   * The protocol version the client speaks, "MAJOR.MINOR". Any version with the server's major is accepted.
+   * The protocol version the client speaks, "MAJOR.MINOR". Any version with the server's major is accepted; anything else (another major, or not MAJOR.MINOR) gets -32602 with data {supported, requested}.
    */
   protocolVersion: string;
   clientInfo?: ClientInfo;
@@ -1059,11 +1059,11 @@ export interface StreamChunkParams {
    */
   finishReason?: "stop" | "length" | "cancelled" | "error";
   /**
-   * Final chunk only, unless finishReason is "error".
+   * Final chunk only, and never when finishReason is "error".
    */
   usage?: Usage;
   /**
-   * Final chunk only, unless finishReason is "error".
+   * Final chunk only, and never when finishReason is "error".
    */
   timings?: Timings;
 }
