@@ -102,3 +102,38 @@ def test_an_embedding_context_that_does_not_fit_in_memory_fails_cleanly(
         assert len(model.embed(["hello"], normalize=True)[0]) == 1  # and it opens once memory is there
     finally:
         model.close()
+
+
+def test_empty_texts_on_a_model_without_bos_are_refused_not_decoded(
+    sidecar: RawSidecar, tmp_path: Path
+) -> None:
+    # With no BOS an empty text has no tokens; llama.cpp cannot decode nothing (a crash, beside other inputs).
+    path = write_tiny_model(tmp_path / "no-bos.gguf", add_bos=False)
+    sidecar.request("loadModel", {"modelPath": str(path)})
+    for params, field in (
+        ({"input": ["", "a"]}, "input/0"),
+        ({"input": ["a", ""]}, "input/1"),
+        ({"input": ""}, "input/0"),
+    ):
+        error = sidecar.error("embed", params)
+        assert error["code"] == -32602 and error["data"] == {"field": field}, error
+    assert sidecar.error("prompt", {"prompt": ""})["data"] == {"field": "prompt"}
+    chunks, response = sidecar.stream({"prompt": ""})
+    assert response["error"]["code"] == -32602 and [c["finishReason"] for c in chunks] == ["error"]
+    assert len(sidecar.request("embed", {"input": ["a"]})["embeddings"]) == 1
+
+
+def _anonymous_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("RssAnon:")).split()[1])
+
+
+def test_the_embedding_context_maps_the_weights_even_when_the_model_was_read_in(
+    sidecar: RawSidecar, default_model: str
+) -> None:
+    sidecar.request("loadModel", {"modelPath": default_model, "useMmap": False, "contextSize": 512})
+    before = _anonymous_kib(sidecar.process.pid)
+    sidecar.request("embed", {"input": "hello"})
+    grown_mib = (_anonymous_kib(sidecar.process.pid) - before) / 1024
+    # Its KV cache and buffers take tens of MiB; a private copy of SmolLM2's 94 MiB of weights would show.
+    assert grown_mib < 80, f"the embedding context took {grown_mib:.0f} MiB of private memory"

@@ -59,6 +59,7 @@ def write_tiny_model(
     extra_tokens: tuple[str, ...] = (),
     chat_template: str | None = CHAT_TEMPLATE,
     pooling_type: gguf.PoolingType | None = None,
+    add_bos: bool = True,
 ) -> Path:
     """Write the model to ``path`` and return it.
 
@@ -70,6 +71,7 @@ def write_tiny_model(
         extra_tokens: more vocabulary entries, appended last (e.g. an extremely long token).
         chat_template: the template in the metadata; None writes a model without one.
         pooling_type: how the model says its embeddings pool; None says nothing.
+        add_bos: whether tokenizing adds BOS (False, like SmolLM2: an empty text has no tokens).
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary(extra_tokens)
@@ -96,7 +98,7 @@ def write_tiny_model(
     writer.add_unk_token_id(_UNK)
     writer.add_bos_token_id(_BOS)
     writer.add_eos_token_id(_EOS)
-    writer.add_add_bos_token(True)
+    writer.add_add_bos_token(add_bos)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
     if pooling_type is not None:

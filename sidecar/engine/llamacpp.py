@@ -201,7 +201,9 @@ class LlamaCppEngine:
                 )
                 raise ModelLoadFailed(f"Could not open {path} for embeddings: {reason}.", {"reason": reason})
             return _open_llama(
-                {**common, "n_ctx": embed_context},
+                # Mapped even when the model was read into memory (useMmap: false): the
+                # pages are then shared with the page cache instead of a second private copy.
+                {**common, "n_ctx": embed_context, "use_mmap": True},
                 _ignore_progress,
                 _never,
                 embedding=True,
@@ -415,6 +417,11 @@ class LlamaCppModel:
         should_stop: StopCheck,
     ) -> GenerationOutcome:
         context = self._facts.context_size
+        if not prompt_tokens:  # llama.cpp cannot decode nothing
+            raise InvalidParams(
+                "Invalid params: the prompt has no tokens (an empty text, and the model adds no BOS).",
+                {"field": "prompt"},
+            )
         if len(prompt_tokens) >= context:
             raise ContextOverflow(
                 f"The prompt has {len(prompt_tokens)} tokens; the context holds {context}.",
@@ -489,8 +496,13 @@ class LlamaCppModel:
             self._embedder = self._open_embedder()
         embedder = self._embedder
         context = embedder.n_ctx()
-        for text in texts:
+        for position, text in enumerate(texts):
             count = len(embedder.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+            if count == 0:  # llama.cpp cannot decode nothing (and crashed on it beside other inputs)
+                raise InvalidParams(
+                    f"Invalid params: 'input/{position}' has no tokens (empty, and the model adds no BOS).",
+                    {"field": f"input/{position}"},
+                )
             if count > context:
                 raise ContextOverflow(
                     f"An input has {count} tokens; the context holds {context}.",
