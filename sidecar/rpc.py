@@ -39,6 +39,7 @@ from .errors import (
 from .transport import LineTooLong
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_RESPONSE_BYTES",
     "CancelToken",
     "Dispatcher",
@@ -55,6 +56,8 @@ _SEE_THE_LOG = "Internal error; see the sidecar's stderr log."
 # client's takes 64 MiB): a longer line would be dropped there and its request left
 # unanswered, so the sidecar answers -32010 in its place.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Members a batch may have; a larger batch is one -32600 (JSON-RPC sets no limit).
+MAX_BATCH = 1000
 
 RequestId: TypeAlias = str | int | float | None
 Params: TypeAlias = dict[str, Any]
@@ -221,8 +224,10 @@ class Dispatcher:
         return entry is not None and entry.immediate and call.gate is None
 
     def _handle_batch(self, messages: list[object]) -> None:
-        if not messages:
-            self._send(_error_response(InvalidRequest("Invalid request: empty batch."), None))
+        if not messages or len(messages) > MAX_BATCH:
+            # A huge batch would be answered member by member: a line of gigabytes, first in memory.
+            problem = "empty batch" if not messages else f"a batch of {len(messages)}; at most {MAX_BATCH}"
+            self._send(_error_response(InvalidRequest(f"Invalid request: {problem}."), None))
             return
         immediate: list[bytes] = []
         calls: list[_Call] = []
@@ -348,7 +353,8 @@ class Dispatcher:
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""
 
-        async def call(context: RequestContext, *positional: object, **params: Any) -> Result:
+        # Positional-only: a param named "context" goes into params with the others.
+        async def call(context: RequestContext, /, *positional: object, **params: Any) -> Result:
             try:
                 if positional:
                     raise InvalidParams(

@@ -22,6 +22,7 @@ BAD_GENERATION_PARAMS: list[tuple[dict[str, Any], str]] = [
     ({"stop": ["x"] * 65}, "stop"),
     ({"stop": ["x" * 1025]}, "stop/0"),
     ({"messages": []}, "messages"),
+    ({"context": 1}, "context"),  # the dispatcher's own argument name: still just an unknown param
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import InvalidParams
-from sidecar.rpc import MAX_RESPONSE_BYTES, Dispatcher, MethodEntry, Params, RequestContext
+from sidecar.rpc import MAX_BATCH, MAX_RESPONSE_BYTES, Dispatcher, MethodEntry, Params, RequestContext
 from sidecar.transport import LineTooLong
 
 
@@ -170,6 +170,28 @@ def test_batches_answer_in_one_array_and_skip_notifications() -> None:
         h.feed([{"jsonrpc": "2.0", "method": "note", "params": {"text": "n"}}])
         (batch,) = await h.settle()
         assert [item.get("result", item.get("error", {}).get("code")) for item in batch] == [-32600, "a"]
+
+    run(scenario)
+
+
+def test_a_batch_over_the_member_limit_is_one_invalid_request() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed([request(n, "echo", {"text": "a"}) for n in range(MAX_BATCH)])
+        (batch,) = await h.settle()
+        assert len(batch) == MAX_BATCH
+        h.feed([7] * (MAX_BATCH + 1))
+        (refused,) = await h.settle()
+        assert refused["error"]["code"] == -32600 and refused["id"] is None
+
+    run(scenario)
+
+
+def test_a_param_named_context_is_a_param_like_any_other() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "echo", {"text": "x", "context": 5}))
+        assert (await h.settle())[0]["result"] == "x"
 
     run(scenario)
 

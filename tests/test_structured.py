@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import numpy
 import pytest
 
 from sidecar.client import RemoteError, SidecarClient
@@ -39,6 +40,20 @@ def _nested(depth: int) -> str:
     return "root ::= " + "(" * depth + '"a"' + ")" * depth
 
 
+def _chained(length: int) -> str:
+    """``root`` and ``length`` + 1 rules, each referring to the next (short names: under 1 MiB at 70,000)."""
+    name = [f"r{numpy.base_repr(i, 36)}" for i in range(length + 1)]
+    links = "\n".join(f"{name[i]}::={name[i + 1]}" for i in range(length))
+    return f'root::={name[0]}\n{links}\n{name[length]}::="a"'
+
+
+def _deep_schema(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
 @pytest.mark.parametrize(
     ("params", "field", "reason"),
     [
@@ -47,11 +62,26 @@ def _nested(depth: int) -> str:
         # llama.cpp's parser recurses per group: this deep it overflowed the stack and killed the process.
         ({"grammar": _nested(30_000)}, "grammar", "nests groups 30000 deep"),
         ({"grammar": _nested(129)}, "grammar", "nests groups 129 deep"),
+        # llama.cpp recurses along rule references too: 70,000 crashed it.
+        ({"grammar": _chained(70_000)}, "grammar", "chains 70002 rules"),
+        ({"grammar": _chained(1_000)}, "grammar", "chains 1002 rules"),
+        ({"jsonSchema": _deep_schema(400)}, "jsonSchema", "jsonSchema"),  # deeper than Python recursion
         ({"jsonSchema": {"type": "no-such-type"}}, "jsonSchema", "no-such-type"),
         ({"jsonSchema": {"$ref": "https://example.invalid/s.json"}}, "jsonSchema", "refers outside itself"),
         ({"grammar": 'root ::= "a"', "jsonSchema": {"type": "object"}}, "", "grammar"),
     ],
-    ids=["undefined-rule", "no-root", "nested-30000", "nested-129", "unknown-type", "remote-ref", "both"],
+    ids=[
+        "undefined-rule",
+        "no-root",
+        "nested-30000",
+        "nested-129",
+        "chained-70000",
+        "chained-1000",
+        "deep-schema",
+        "unknown-type",
+        "remote-ref",
+        "both",
+    ],
 )
 def test_unusable_grammars_and_schemas_are_invalid_params_with_the_reason(
     loaded: RawSidecar, params: dict[str, Any], field: str, reason: str
@@ -64,6 +94,7 @@ def test_unusable_grammars_and_schemas_are_invalid_params_with_the_reason(
 
 def test_groups_nested_to_the_limit_and_brackets_in_literals_are_fine(loaded: RawSidecar) -> None:
     assert loaded.request("prompt", {"prompt": "hi", "grammar": _nested(128)})["text"] == "a"
+    assert loaded.request("prompt", {"prompt": "hi", "grammar": _chained(998)})["text"] == "a"  # 1000 rules
     literal = 'root ::= "((((" [(]{2} # (((( a comment\n'
     assert loaded.request("prompt", {"prompt": "hi", "grammar": literal})["text"] == "(((((("
 

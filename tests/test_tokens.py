@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from pathlib import Path
+
+import gguf
 
 from .harness import RawSidecar
 from .tiny_model import write_tiny_model
@@ -66,3 +69,17 @@ def test_inspect_refuses_a_forged_tensor_table(sidecar: RawSidecar, tmp_path: Pa
     error = sidecar.error("inspectModel", {"modelPath": str(forged)})
     assert error["code"] == -32003 and "implausible tensor sizes" in error["data"]["reason"], error
     assert sidecar.request("ping") == {}
+
+
+def test_inspect_leaves_out_metadata_json_cannot_carry(sidecar: RawSidecar, tmp_path: Path) -> None:
+    path = tmp_path / "floats.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    for key, value in (("test.nan", math.nan), ("test.infinite", math.inf), ("test.half", 0.5)):
+        writer.add_float32(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    metadata = sidecar.request("inspectModel", {"modelPath": str(path)})["metadata"]
+    assert metadata["test.half"] == 0.5 and "test.nan" not in metadata and "test.infinite" not in metadata

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import stat
 import threading
@@ -49,7 +50,15 @@ from .api import (
 )
 from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
 from .gguf_header import GgufHeaderError, read_header, read_metadata
-from .grammar import MAX_GRAMMAR_NESTING, grammar_nesting, outside_refs, parse_error_reason, stderr_captured
+from .grammar import (
+    MAX_GRAMMAR_NESTING,
+    MAX_RULE_CHAIN,
+    grammar_nesting,
+    outside_refs,
+    parse_error_reason,
+    rule_chain,
+    stderr_captured,
+)
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "default_threads"]
@@ -143,7 +152,8 @@ class LlamaCppEngine:
             metadata={
                 key: value
                 for key, value in metadata.items()
-                if isinstance(value, int | float | bool)
+                # JSON has no NaN or infinity: such a value is left out rather than sent as null.
+                if (isinstance(value, int | bool) or (isinstance(value, float) and math.isfinite(value)))
                 or (isinstance(value, str) and len(value) <= _SHORT_TEXT)
             },
         )
@@ -389,6 +399,12 @@ class LlamaCppModel:
         if (nesting := grammar_nesting(gbnf)) > MAX_GRAMMAR_NESTING:
             raise InvalidParams(
                 f"Invalid params: '{field}' nests groups {nesting} deep; the limit is {MAX_GRAMMAR_NESTING}.",
+                {"field": field},
+            )
+        if (chain := rule_chain(gbnf)) > MAX_RULE_CHAIN:
+            raise InvalidParams(
+                f"Invalid params: '{field}' chains {chain} rules, each referring to the next; "
+                f"the limit is {MAX_RULE_CHAIN}.",
                 {"field": field},
             )
         source = gbnf.encode("utf-8")
