@@ -7,9 +7,10 @@ their progress notifications to an ``on_progress`` callback, and a
 ``CancelToken`` given as ``cancel=`` stops a load, download, prompt or stream
 from any thread. Callbacks run on the reader thread: they must return quickly
 and must not wait for another call (``CancelToken.cancel`` is fine there). Every
-wait is bounded by a timeout, and if the sidecar exits every pending call
-raises ``SidecarExited`` at once. The demo and the tests use it; Python hosts
-can too. It shares no code with the server: it knows the wire protocol only.
+wait is bounded by a timeout (a download's only when asked for), and if the
+sidecar exits every pending call raises ``SidecarExited`` at once. The demo and
+the tests use it; Python hosts can too. It shares no code with the server: it
+knows the wire protocol only.
 """
 
 from __future__ import annotations
@@ -293,16 +294,27 @@ class SidecarClient:
     ) -> dict[str, Any]:
         """Download into ``--models-dir``; ``on_progress`` gets each ``downloadProgress``'s params.
 
-        ``timeout`` bounds the whole transfer (default: the client's timeout). A
-        cancelled download returns ``complete: false``; the same call later resumes it.
+        A cancelled download returns ``complete: false``; the same call later
+        resumes it. No time limit by default (not even the client's): a model
+        of several GB takes what it takes. With ``timeout`` (seconds, for the
+        whole transfer), a download still running then is cancelled, and once
+        the sidecar has stopped it (so that a retry is not "busy"),
+        ``TimeoutError`` is raised; its ``.part`` file stays for a later call.
         """
-        return self._request_object(
+        request_id, future = self._send(
             "downloadModel",
             {"url": url, **options},
-            timeout=timeout,
             cancel=cancel,
             on_notification=_only("downloadProgress", on_progress),
         )
+        try:
+            result: dict[str, Any] = future.result(timeout=timeout)
+        except TimeoutError:
+            self._send_cancel(request_id)
+            with contextlib.suppress(TimeoutError, RemoteError, SidecarExited):
+                future.result(timeout=self._timeout)  # the sidecar answers a cancel within about 0.25 s
+            raise
+        return result
 
     def cancel(self, request_id: int) -> bool:
         cancelled: bool = self.request("cancel", {"requestId": request_id})["cancelled"]

@@ -36,7 +36,7 @@ class ModelPaths:
         """
         if requested == "default":
             return default_model_path()
-        real = os.path.realpath(requested)
+        real = _real_path(requested, "modelPath")
         if self._allowed and not any(_inside(real, directory) for directory in self._allowed):
             raise ModelPathNotAllowed(
                 f"Model path {requested} is outside the allowed model directories.", {"modelPath": requested}
@@ -54,12 +54,13 @@ class ModelPaths:
                 "Downloads need an allowed models directory; start the sidecar with --models-dir.",
                 {"modelPath": destination or url},
             )
-        name = destination or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        name = destination or _file_name(url)
         if not name:
             raise InvalidParams(
                 "Invalid params: 'destination' is needed: the URL names no file.", {"field": "destination"}
             )
-        real = os.path.realpath(os.path.join(self._allowed[0], name))  # an absolute name stands alone
+        # An absolute name stands alone. A bad name taken from the URL is fixed by a destination: same field.
+        real = _real_path(os.path.join(self._allowed[0], name), "destination")
         if not any(_inside(real, directory) and real != directory for directory in self._allowed):
             raise ModelPathNotAllowed(
                 f"Destination {name} is outside the allowed model directories.", {"modelPath": name}
@@ -77,6 +78,21 @@ def default_model_path() -> str:
         if file.suffix == ".gguf":
             return str(distribution.locate_file(file))
     raise _not_installed()
+
+
+def _file_name(url: str) -> str:
+    """The URL's last path segment, percent-decoded: the default name of a download."""
+    try:
+        path = urlsplit(url).path
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise InvalidParams("Invalid params: 'url' is not a valid URL.", {"field": "url"}) from exc
+    return unquote(path.rsplit("/", 1)[-1])
+
+
+def _real_path(path: str, field: str) -> str:
+    if "\0" in path:  # no file name holds one; os functions raise ValueError for it
+        raise InvalidParams(f"Invalid params: '{field}' holds a NUL character.", {"field": field})
+    return os.path.realpath(path)
 
 
 def _inside(path: str, directory: str) -> bool:
