@@ -116,7 +116,7 @@ export type MessageTooLarge = -32010;
  */
 export type ModelPathNotAllowed = -32011;
 /**
- * A download failed or did not match its sha256. data.reason: "connection closed", "sha256 mismatch" (with expected and actual), "busy" (another request downloads to that destination), "exists" (a different file is already there), "size unknown" (a body of unannounced size without sha256), "bad range" (a resume answered from the wrong byte), "unsafe partial file" (the .part is a symbolic link, has other hard links or is not a regular file), "too many redirects", or free text (an HTTP status, a refused redirect, a stalled server, an OS error). data.bytes: how far it got, in bytes.
+ * A download failed or did not match its sha256. data.reason: "connection closed", "sha256 mismatch" (with expected and actual), "busy" (another request, in this sidecar or another sharing the directory, downloads to that destination), "exists" (a different file is already there), "size unknown" (a body of unannounced size without sha256), "bad range" (a resume answered from the wrong byte), "unsafe partial file" (the .part is a symbolic link, has other hard links or is not a regular file), "unsupported encoding" (a compressed or otherwise encoded body), "conflicting lengths" (two different Content-Lengths), "too many redirects", or free text (an HTTP status, a refused redirect, a stalled server, an OS error). data.bytes: how far it got, in bytes.
  */
 export type DownloadFailed = -32012;
 /**
