@@ -31,16 +31,17 @@ const PACE: Readonly<Record<string, { bytes: number; everyMs: number }>> = {
 const DROP = '/drop/model.gguf';
 const HALF = Math.floor(BODY.length / 2);
 
-/** Serves BODY at the PACE paths, from the `Range: bytes=N-` start when asked; drops DROP once. */
+/** Serves BODY at the PACE paths, from the `Range: bytes=N-` start when asked (at full speed:
+ * a resume need not wait); drops DROP once. */
 function bodyServer(): Server {
   let dropped = false;
   return createServer((request, response) => {
-    const pace = PACE[request.url ?? ''];
-    if (pace === undefined) {
+    const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? '');
+    const pace = range === null ? PACE[request.url ?? ''] : PACE['/fast/model.gguf'];
+    if (pace === undefined || PACE[request.url ?? ''] === undefined) {
       response.writeHead(404).end();
       return;
     }
-    const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? '');
     let offset = range === null ? 0 : Number(range[1]);
     const length = BODY.length - offset;
     const headers = { 'Content-Type': 'application/octet-stream', 'Content-Length': length, 'Accept-Ranges': 'bytes' };
@@ -126,6 +127,7 @@ describe('downloadModel on the real sidecar', () => {
     const started = Date.now();
     const cancelled = await service.downloadModel(`${base}/slow/model.gguf`, {
       destination: 'resumed.gguf',
+      sha256: SHA256, // with it (or the server's ETag) the sidecar may resume the partial file
       onProgress: (update) => {
         progress.push(update);
         controller.abort();
@@ -140,7 +142,11 @@ describe('downloadModel on the real sidecar', () => {
     assert.equal(statSync(`${cancelled.modelPath}.part`).size, cancelled.sizeBytes);
     assert.ok(progress.length >= 1);
 
-    const resumed = await service.downloadModel(`${base}/fast/model.gguf`, { destination: 'resumed.gguf' });
+    // The same URL: a partial file is only ever resumed from where it came.
+    const resumed = await service.downloadModel(`${base}/slow/model.gguf`, {
+      destination: 'resumed.gguf',
+      sha256: SHA256,
+    });
     assert.deepEqual(resumed, {
       modelPath: cancelled.modelPath,
       sizeBytes: BODY.length,

@@ -260,3 +260,47 @@ test('main validates every IPC argument and the sending frame', async () => {
   unregister();
   assert.deepEqual(calls.slice(1), ['reset', 'close']);
 });
+
+test('one reply streams at a time: a send while one streams is refused, and taken once it ends', async () => {
+  const ipc = fakeIpcMain();
+  let finish = (): void => {};
+  const sent: string[] = [];
+  const session = {
+    promptStream: async (text: string) => {
+      sent.push(text);
+      await new Promise<void>((resolve) => (finish = resolve));
+      return {
+        text: '',
+        finishReason: 'stop',
+        usage: { promptTokens: 1, completionTokens: 0 },
+        timings: { ttftMs: 0, promptMs: 0, decodeMs: 0, tokensPerSecond: 0 },
+      } as never;
+    },
+    reset: async () => ({}) as never,
+    getHistory: async () => [] as never,
+    close: async () => true,
+  };
+  const service = {
+    loadModel: async () => ({ modelId: 'm' }) as never,
+    createSession: async () => session,
+  };
+  const appUrl = 'file:///app/index.html';
+  const unregister = registerLlmIpc(ipc, {
+    service,
+    model: 'default',
+    systemPrompt: 'be nice',
+    sampling: { maxTokens: 8 },
+    emit: () => {},
+    isTrustedSender: (e) => e.senderFrame?.url === appUrl,
+  });
+  const trusted: InvokeEvent = { senderFrame: { url: appUrl } };
+  await ipc.call(CHANNELS.loadDefaultModel, trusted);
+  assert.equal(await ipc.call(CHANNELS.send, trusted, 'one'), 1);
+  await assert.rejects(ipc.call(CHANNELS.send, trusted, 'two'), /still streaming/);
+  finish();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(await ipc.call(CHANNELS.send, trusted, 'three'), 2);
+  finish();
+  assert.deepEqual(sent, ['one', 'three']);
+  unregister();
+});

@@ -117,3 +117,12 @@ test('a missing command fails to start with SPAWN_FAILED', async () => {
     (error: LLMServiceError) => error.code === 'SPAWN_FAILED' && /nonexistent/.test(error.message),
   );
 });
+
+test('the child learns our pid from LLAMA_SIDECAR_PARENT_PID, so it can outlive us by no more than a moment', async () => {
+  const { transport, messages, closed } = nodeChild(
+    `process.stdout.write(JSON.stringify({ parent: process.env.LLAMA_SIDECAR_PARENT_PID }) + '\\n');`,
+  );
+  await transport.start();
+  await closed;
+  assert.deepEqual(messages, [{ parent: String(process.pid) }]);
+});

@@ -15,12 +15,15 @@ import { DEFAULT_MAX_LINE_BYTES, encodeMessage, type Frame, LineReader } from '.
 import { defaultLogger, type Logger, type LogLevel } from './log.js';
 import type { CloseEvent, Transport } from './transport.js';
 
+/** The environment variable that tells the sidecar whose death to outlive by no more than a moment. */
+export const PARENT_PID_ENV = 'LLAMA_SIDECAR_PARENT_PID';
+
 /** How to start the sidecar: the venv's python with `-m sidecar`, or a packaged executable. */
 export interface SidecarCommand {
   readonly command: string;
   readonly args?: readonly string[];
   readonly cwd?: string;
-  /** The child's whole environment; the parent's when absent. */
+  /** The child's whole environment; the parent's when absent. `LLAMA_SIDECAR_PARENT_PID` is added either way. */
   readonly env?: NodeJS.ProcessEnv;
 }
 
@@ -76,7 +79,9 @@ export class ProcessTransport implements Transport {
 
   async start(): Promise<void> {
     if (this.child !== undefined) throw new Error('ProcessTransport.start() was already called');
-    const { command, args = [], cwd, env } = this.options;
+    const { command, args = [], cwd } = this.options;
+    // Our pid, so that the sidecar outlives us by no more than a moment even if we die before it runs.
+    const env = { ...(this.options.env ?? process.env), [PARENT_PID_ENV]: String(process.pid) };
     const child = spawn(command, args, { cwd, env, stdio: 'pipe', windowsHide: true });
     this.child = child;
     try {
