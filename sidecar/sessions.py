@@ -10,6 +10,7 @@ calls it on the model's worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .engine.api import ChatMessage, ContextSnapshot, EngineModel, RenderedChat
@@ -71,24 +72,53 @@ def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -
     turns follow before the next drop.
     """
     turn = ChatMessage("user", text)
-    history = session.messages
     limit = session.context_size - reserve
-    rendered = _render(model, _conversation(session, history, turn))
-    tokens = _tokens(model, session, rendered)
-    if len(tokens) <= limit:
-        return TurnPrompt(rendered.text, tokens, rendered.stops, history, 0)
-    target = min(limit, session.context_size // 2)
-    while history and len(tokens) > target:
-        history = history[_first_turn_length(history) :]
-        rendered = _render(model, _conversation(session, history, turn))
-        tokens = _tokens(model, session, rendered)
-    if len(tokens) > limit:
+    starts = _turn_starts(session.messages)
+    prompts: dict[int, tuple[tuple[ChatMessage, ...], RenderedChat, list[int]]] = {}
+
+    def size(kept: int) -> int:
+        """Tokens of the prompt with the newest ``kept`` turns (each prompt is built once)."""
+        if kept not in prompts:
+            history = session.messages[starts[len(starts) - 1 - kept] :]
+            rendered = _render(model, _conversation(session, history, turn))
+            prompts[kept] = (history, rendered, _tokens(model, session, rendered))
+        return len(prompts[kept][2])
+
+    kept = _turns_to_keep(len(starts) - 1, size, limit, min(limit, session.context_size // 2))
+    if size(kept) > limit:
         raise ContextOverflow(
-            f"The message takes {len(tokens)} tokens with the system prompt; "
+            f"The message takes {size(kept)} tokens with the system prompt; "
             f"the session's context holds {session.context_size}, {reserve} of them kept for the reply.",
-            {"promptTokens": len(tokens), "contextSize": session.context_size},
+            {"promptTokens": size(kept), "contextSize": session.context_size},
         )
+    history, rendered, tokens = prompts[kept]
     return TurnPrompt(rendered.text, tokens, rendered.stops, history, len(session.messages) - len(history))
+
+
+def _turns_to_keep(turns: int, size: Callable[[int], int], limit: int, target: int) -> int:
+    """How many of the newest ``turns`` to keep, given the prompt ``size`` with that many.
+
+    All of them if their prompt takes at most ``limit`` tokens; else the most whose
+    prompt takes at most ``target``, or none. Keeping fewer never lengthens the
+    prompt, so a search finds the count in O(log n) prompts where dropping one turn
+    at a time built one per turn (a history may hold 100,000 messages). It starts
+    from the newest turn and doubles: few turns fit in a context, and the prompts
+    it builds stay about as short as those (llama.cpp tokenizes a long chat in time
+    quadratic in its special tokens; 100,000 messages took minutes).
+    """
+    kept = 1
+    while kept < turns and size(kept) <= limit:
+        kept *= 2
+    if kept >= turns and size(turns) <= limit:
+        return turns
+    fitting, too_long = 0, min(kept, turns)  # keeping none is the last resort; the caller checks it
+    while too_long - fitting > 1:
+        middle = (fitting + too_long) // 2
+        if size(middle) <= target:
+            fitting = middle
+        else:
+            too_long = middle
+    return fitting
 
 
 def _render(model: EngineModel, conversation: list[ChatMessage]) -> RenderedChat:
@@ -114,12 +144,13 @@ def _conversation(session: Session, history: tuple[ChatMessage, ...], turn: Chat
     return [*system, *history, turn]
 
 
-def _first_turn_length(history: tuple[ChatMessage, ...]) -> int:
-    """Messages up to the next user message: a turn and its reply go together.
+def _turn_starts(history: tuple[ChatMessage, ...]) -> list[int]:
+    """Where the history starts once its first 0, 1, 2, … turns are dropped (the last: empty).
 
-    Chat templates expect a conversation to open with a user message.
+    A turn runs up to the next user message: a turn and its reply go together,
+    and chat templates expect a conversation to open with a user message.
     """
-    for index, message in enumerate(history[1:], start=1):
-        if message.role == "user":
-            return index
-    return len(history)
+    return [
+        *(index for index, message in enumerate(history) if not index or message.role == "user"),
+        len(history),
+    ]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gguf import GGUFValueType
+from gguf.gguf_writer import GGUFValue
 
 from sidecar.engine import budget, llamacpp
 from sidecar.engine.api import LoadOptions
@@ -18,6 +20,7 @@ from sidecar.engine.gguf_header import GgufHeaderError, read_header, read_metada
 from sidecar.errors import InvalidParams
 
 from .harness import RawSidecar
+from .tiny_model import write_tiny_model
 
 # SmolLM2-135M's shape: 30 layers, width 576, 9 heads of which 3 for keys and values.
 SMOL = {
@@ -48,6 +51,18 @@ def test_kv_cache_size_follows_the_model_shape() -> None:
     assert kv_cache_bytes({"general.architecture": "llama"}, 8192) is None
 
 
+def test_per_layer_head_counts_give_an_upper_bound() -> None:
+    # Arrays, one value per layer: the most kv heads (3) and the widest heads (576 / 9) count for all.
+    per_layer = {
+        **SMOL,
+        "llama.attention.head_count": [9, 0, 18] * 10,
+        "llama.attention.head_count_kv": [3, 0, 1] * 10,
+    }
+    assert kv_cache_bytes(per_layer, 8192) == 8192 * 30 * 3 * 128 * 2
+    without_kv = {**per_layer, "llama.attention.head_count_kv": [0] * 30}
+    assert kv_cache_bytes(without_kv, 8192) == 8192 * 30 * 18 * 128 * 2  # kv heads default to heads
+
+
 def test_a_context_that_does_not_fit_in_memory_is_refused() -> None:
     check_memory(SMOL, 8192, 10**9)
     with pytest.raises(InvalidParams) as raised:
@@ -66,6 +81,27 @@ def test_loading_checks_the_kv_cache_against_memory_before_llama_cpp_allocates(
     with pytest.raises(InvalidParams) as raised:
         llamacpp.LlamaCppEngine().load(str(tiny_model), LoadOptions(context_size=2048))
     assert raised.value.code == -32602 and raised.value.data == {"field": "contextSize"}
+    assert "KV cache" in raised.value.message
+
+
+def test_the_memory_check_reads_per_layer_head_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model could skip the check by giving its head counts per layer (it did: the header
+    # was read without those arrays, and the estimate gave up).
+    per_layer = {
+        "llama.attention.head_count": GGUFValue([4, 4], GGUFValueType.ARRAY, GGUFValueType.UINT32),
+        "llama.attention.head_count_kv": GGUFValue([4, 2], GGUFValueType.ARRAY, GGUFValueType.UINT32),
+    }
+    path = write_tiny_model(tmp_path / "per-layer.gguf", metadata=per_layer)
+
+    def constructed(**_kwargs: object) -> None:
+        raise AssertionError("llama_cpp.Llama was constructed")
+
+    monkeypatch.setattr(llamacpp.llama_cpp, "Llama", constructed)
+    monkeypatch.setattr(llamacpp, "available_memory", lambda: 1000)
+    with pytest.raises(InvalidParams) as raised:
+        llamacpp.LlamaCppEngine().load(str(path), LoadOptions(context_size=2048))
     assert "KV cache" in raised.value.message
 
 

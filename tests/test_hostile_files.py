@@ -8,8 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from gguf import GGUFValueType
+from gguf.gguf_writer import GGUFValue
 
 from sidecar.engine.api import LoadOptions
+from sidecar.engine.gguf_checks import check_metadata
 from sidecar.engine.llamacpp import LlamaCppEngine
 from sidecar.errors import ModelLoadFailed
 
@@ -143,3 +146,104 @@ def test_an_extremely_long_token_is_decoded_whole(sidecar: RawSidecar, tmp_path:
             assert chunks[0]["content"] == long_token
             return
     raise AssertionError("no seed sampled the long token")
+
+
+def _uint32(value: int | list[int]) -> GGUFValue:
+    if isinstance(value, list):
+        return GGUFValue(value, GGUFValueType.ARRAY, GGUFValueType.UINT32)
+    return GGUFValue(value, GGUFValueType.UINT32)
+
+
+# Single metadata fields llama.cpp checks with assertions (GGML_ASSERT): each killed the
+# process with SIGABRT at load (the pooling type, at the first embed) before the check.
+# Each with the start of the reason the load is refused with.
+_EXPERTS = {"llama.expert_count": _uint32(4), "llama.expert_used_count": _uint32(1)}
+ABORTING_FIELDS: dict[str, tuple[dict[str, GGUFValue], str]] = {
+    "no layers": ({"llama.block_count": _uint32(0)}, "llama.block_count is 0; llama.cpp needs 1 to 512"),
+    "600 layers": ({"llama.block_count": _uint32(600)}, "llama.block_count is 600"),
+    "more prediction layers than layers": (
+        {"llama.nextn_predict_layers": _uint32(5)},
+        "llama.nextn_predict_layers is 5; llama.cpp needs at most 2",
+    ),
+    "100,000 experts": (
+        {**_EXPERTS, "llama.expert_count": _uint32(100_000)},
+        "llama.expert_count is 100000; llama.cpp needs at most 1024",
+    ),
+    "more experts used than exist": (
+        {**_EXPERTS, "llama.expert_used_count": _uint32(8)},
+        "llama.expert_used_count is 8; llama.cpp needs at most expert_count (4)",
+    ),
+    "a layer using more experts than exist": (
+        {**_EXPERTS, "llama.expert_used_count": _uint32([1, 8])},
+        "llama.expert_used_count is 8",
+    ),
+    "experts, none used": ({"llama.expert_count": _uint32(4)}, "llama.expert_used_count is 0"),
+    "experts used without experts": ({"llama.expert_used_count": _uint32(1)}, "llama.expert_used_count is 1"),
+    "as many expert groups as experts": (
+        {**_EXPERTS, "llama.expert_group_count": _uint32(4)},
+        "llama.expert_group_count is 4",
+    ),
+    "expert groups not dividing the experts": (
+        {**_EXPERTS, "llama.expert_group_count": _uint32(3)},
+        "llama.expert_group_count is 3",
+    ),
+    "all expert groups used": (
+        {**_EXPERTS, "llama.expert_group_count": _uint32(2), "llama.expert_group_used_count": _uint32(2)},
+        "llama.expert_group_used_count is 2",
+    ),
+    "expert groups without experts": (
+        {"llama.expert_group_count": _uint32(1)},
+        "llama.expert_group_count is 1",
+    ),
+    "pooling type 99": (
+        {"llama.pooling_type": _uint32(99)},
+        "llama.pooling_type is 99; llama.cpp needs 0 to 4",
+    ),
+    "byte tokens in a WordPiece vocabulary": (
+        {"tokenizer.ggml.model": GGUFValue("bert", GGUFValueType.STRING)},
+        "the 'bert' (WordPiece) vocabulary has byte tokens",
+    ),
+    "unknown rope scaling": (
+        {"llama.rope.scaling.type": GGUFValue("zzz", GGUFValueType.STRING)},
+        "llama.rope.scaling.type is zzz; llama.cpp needs one of none, linear, yarn, longrope",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fields", "reason"), ABORTING_FIELDS.values(), ids=ABORTING_FIELDS.keys())
+def test_a_field_llama_cpp_would_abort_on_is_refused_before_it_loads(
+    sidecar: RawSidecar, tiny_model: Path, tmp_path: Path, fields: dict[str, GGUFValue], reason: str
+) -> None:
+    path = write_tiny_model(tmp_path / "crafted.gguf", metadata=fields)
+    error = sidecar.error("loadModel", {"modelPath": str(path)})
+    assert error["code"] == -32003 and error["data"]["reason"].startswith(reason), error
+    assert sidecar.request("loadModel", {"modelPath": str(tiny_model)})["modelId"] == "tiny"
+    assert len(sidecar.request("embed", {"input": "still alive"})["embeddings"]) == 1
+
+
+def test_a_per_layer_array_for_more_layers_than_llama_cpp_holds_is_refused(tmp_path: Path) -> None:
+    fields = {"llama.attention.head_count": _uint32([4] * 600)}
+    path = write_tiny_model(tmp_path / "crafted.gguf", metadata=fields)
+    with pytest.raises(ModelLoadFailed) as raised:
+        LlamaCppEngine().load(str(path), LoadOptions())
+    assert raised.value.data == {"reason": "llama.attention.head_count lists 600 layers, more than 512"}
+
+
+def test_the_limits_themselves_pass_the_metadata_check() -> None:
+    check_metadata(
+        {
+            "general.architecture": "llama",
+            "llama.block_count": 512,
+            "llama.nextn_predict_layers": 512,
+            "llama.expert_count": 1024,
+            "llama.expert_used_count": [1, 1024],
+            "llama.expert_group_count": 512,
+            "llama.expert_group_used_count": 511,
+            "llama.pooling_type": 4,
+            "llama.rope.scaling.type": "longrope",
+        }
+    )
+    check_metadata({"general.architecture": "llama", "llama.block_count": 1, "llama.pooling_type": 0})
+    check_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.token_type": [3, 1, 1, 4]})
+    # Of a type llama.cpp does not take: left to llama.cpp, which reports it as an error.
+    check_metadata({"general.architecture": "llama", "llama.block_count": 2.0, "llama.expert_count": "4"})

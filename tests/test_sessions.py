@@ -8,9 +8,19 @@ turns.
 
 from __future__ import annotations
 
+import random
 import re
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import pytest
+
+from sidecar.engine.api import ChatMessage, EngineModel, LoadOptions, RenderedChat
+from sidecar.engine.llamacpp import LlamaCppEngine
+from sidecar.errors import ContextOverflow
+from sidecar.sessions import Session, turn_prompt
 
 from .harness import RawSidecar
 
@@ -204,3 +214,92 @@ def test_sessions_need_a_chat_template(sidecar: RawSidecar, tmp_path: Path) -> N
     sidecar.request("loadModel", {"modelPath": str(plain)})
     error = sidecar.error("createSession")
     assert error["code"] == -32602 and error["data"] == {"field": "modelId"}
+
+
+@pytest.fixture(scope="module")
+def tiny_engine_model(tiny_model: Path) -> Iterator[EngineModel]:
+    """The tiny model loaded in this process, for building turn prompts directly."""
+    model = LlamaCppEngine().load(str(tiny_model), LoadOptions(context_size=2048, threads=1))
+    yield model
+    model.close()
+
+
+class _CountingRenders:
+    """An engine model that counts the conversations it renders."""
+
+    def __init__(self, model: EngineModel) -> None:
+        self.model, self.renders = model, 0
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> RenderedChat:
+        self.renders += 1
+        return self.model.render_chat(messages)
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_bos=add_bos, special=special)
+
+
+def _dropped_one_turn_at_a_time(
+    model: EngineModel, session: Session, text: str, reserve: int
+) -> tuple[int, int]:
+    """Messages dropped and prompt tokens, as the first implementation found them (a render per drop)."""
+    system = [ChatMessage("system", session.system_prompt)] if session.system_prompt is not None else []
+
+    def size(history: tuple[ChatMessage, ...]) -> int:
+        rendered = model.render_chat([*system, *history, ChatMessage("user", text)])
+        return len(model.tokenize(rendered.text, add_bos=rendered.add_bos))
+
+    history, limit = session.messages, session.context_size - reserve
+    if size(history) <= limit:
+        return 0, size(history)
+    while history and size(history) > min(limit, session.context_size // 2):
+        history = history[next((i for i, m in enumerate(history) if i and m.role == "user"), len(history)) :]
+    return len(session.messages) - len(history), size(history)
+
+
+def _random_history(rng: random.Random, length: int) -> tuple[ChatMessage, ...]:
+    """Mostly alternating turns of random lengths; now and then two of a role in a row."""
+    role = rng.choice(("user", "assistant"))
+    history = []
+    for _ in range(length):
+        history.append(
+            ChatMessage(role, " ".join(rng.choices(("hello", "world", "the", "x"), k=rng.randint(0, 12))))
+        )
+        if rng.random() > 0.2:
+            role = "assistant" if role == "user" else "user"
+    return tuple(history)
+
+
+def test_turns_are_dropped_as_one_at_a_time_would_but_with_few_renders(
+    tiny_engine_model: EngineModel,
+) -> None:
+    rng = random.Random(6)
+    for case in range(60):
+        context_size = rng.choice((64, 128, 256, 512))
+        session = Session(f"s{case}", "tiny", rng.choice((None, "be brief")), context_size)
+        session.messages = _random_history(rng, rng.randint(0, rng.choice((8, 300))))
+        text, reserve = "x " * rng.choice((1, 5, 20, 300)), rng.randint(0, context_size // 2)
+        dropped, tokens = _dropped_one_turn_at_a_time(tiny_engine_model, session, text, reserve)
+        counting = _CountingRenders(tiny_engine_model)
+        if tokens > context_size - reserve:
+            with pytest.raises(ContextOverflow):
+                turn_prompt(cast(EngineModel, counting), session, text, reserve)
+        else:
+            turn = turn_prompt(cast(EngineModel, counting), session, text, reserve)
+            assert (turn.dropped, len(turn.tokens)) == (dropped, tokens), case
+            assert turn.history == session.messages[dropped:]
+        turns = sum(1 for i, m in enumerate(session.messages) if not i or m.role == "user")
+        assert counting.renders <= 2 * turns.bit_length() + 2, (case, turns, counting.renders)
+
+
+def test_a_turn_after_a_history_of_thousands_of_messages_is_quick(loaded: RawSidecar) -> None:
+    # Dropping one turn at a time rendered and tokenized the whole history once per turn:
+    # 4,000 messages took two minutes, with no way to cancel.
+    session_id = loaded.request("createSession", {"contextSize": 64})["sessionId"]
+    history = [{"role": ("user", "assistant")[i % 2], "content": "hi"} for i in range(20_000)]
+    loaded.request("setSessionHistory", {"sessionId": session_id, "messages": history})
+    started = time.monotonic()
+    _turn(loaded, session_id, "hello", max_tokens=2)
+    assert time.monotonic() - started < 2.0
+    info = loaded.request("getSession", {"sessionId": session_id})
+    assert info["droppedMessages"] + len(info["messages"]) == 20_002
+    assert info["messages"][-2] == {"role": "user", "content": "hello"}

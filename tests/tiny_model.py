@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import string
+from collections.abc import Mapping
 from pathlib import Path
 
 import gguf
 import numpy as np
+from gguf.gguf_writer import GGUFValue
 
 __all__ = ["CHAT_TEMPLATE", "write_tiny_model"]
 
@@ -60,6 +62,7 @@ def write_tiny_model(
     chat_template: str | None = CHAT_TEMPLATE,
     pooling_type: gguf.PoolingType | None = None,
     add_bos: bool = True,
+    metadata: Mapping[str, GGUFValue] | None = None,
 ) -> Path:
     """Write the model to ``path`` and return it.
 
@@ -72,6 +75,7 @@ def write_tiny_model(
         chat_template: the template in the metadata; None writes a model without one.
         pooling_type: how the model says its embeddings pool; None says nothing.
         add_bos: whether tokenizing adds BOS (False, like SmolLM2: an empty text has no tokens).
+        metadata: keys to write as given, in place of the writer's own (to craft hostile files).
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary(extra_tokens)
@@ -103,6 +107,9 @@ def write_tiny_model(
         writer.add_chat_template(chat_template)
     if pooling_type is not None:
         writer.add_pooling_type(pooling_type)
+    for key, value in (metadata or {}).items():
+        writer.kv_data[0].pop(key, None)  # replaced without the writer's duplicate-key warning
+        writer.add_key_value(key, value.value, value.type, value.sub_type)
 
     output = weights(vocab, hidden)
     if eos == "never":

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeGuard
 
 from ..errors import InvalidParams
 
@@ -43,15 +44,19 @@ def context_size_for(metadata: Mapping[str, object], requested: int | None) -> i
 
 
 def kv_cache_bytes(metadata: Mapping[str, object], context_size: int) -> int | None:
-    """Bytes of the f16 KV cache for ``context_size`` tokens, or None if the metadata cannot tell."""
+    """Bytes of the f16 KV cache for ``context_size`` tokens, or None if the metadata cannot tell.
+
+    Head counts may be given per layer (an array): every layer is then counted
+    with the most key-value heads and the widest heads of any, an upper bound.
+    """
     layers = _field(metadata, "block_count")
     width = _field(metadata, "embedding_length")
-    heads = _field(metadata, "attention.head_count")
-    if layers is None or width is None or heads is None:
+    heads = _per_layer(metadata, "attention.head_count")
+    if layers is None or width is None or not heads:
         return None
-    kv_heads = _field(metadata, "attention.head_count_kv") or heads
-    key = _field(metadata, "attention.key_length") or width // heads
-    value = _field(metadata, "attention.value_length") or width // heads
+    kv_heads = max(_per_layer(metadata, "attention.head_count_kv") or heads)
+    key = _field(metadata, "attention.key_length") or width // min(heads)
+    value = _field(metadata, "attention.value_length") or width // min(heads)
     return context_size * layers * kv_heads * (key + value) * _F16_BYTES
 
 
@@ -142,4 +147,14 @@ def _windows_available() -> int | None:
 
 def _field(metadata: Mapping[str, object], key: str) -> int | None:
     value = metadata.get(f"{metadata.get('general.architecture')}.{key}")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if _positive(value) else None
+
+
+def _per_layer(metadata: Mapping[str, object], key: str) -> list[int]:
+    """A field's positive values: one for all layers, or one per layer (layers without attention have 0)."""
+    value = metadata.get(f"{metadata.get('general.architecture')}.{key}")
+    return [item for item in (value if isinstance(value, list) else [value]) if _positive(item)]
+
+
+def _positive(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

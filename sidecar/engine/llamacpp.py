@@ -49,7 +49,8 @@ from .api import (
     StopCheck,
 )
 from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
-from .gguf_header import GgufHeaderError, read_header, read_metadata
+from .gguf_checks import TOKENS_KEY, read_checked_metadata
+from .gguf_header import GgufHeaderError, read_header
 from .grammar import (
     MAX_GRAMMAR_NESTING,
     MAX_RULE_CHAIN,
@@ -73,7 +74,6 @@ EMBED_CONTEXT_SIZE = 2048
 # ggml_log_level as llama.cpp defines it today (llama-cpp-python's own table is older).
 _LOG_WARN, _LOG_ERROR, _LOG_CONTINUE = 3, 4, 5
 
-_TOKENS_KEY = "tokenizer.ggml.tokens"
 _SHORT_TEXT = 256  # longer metadata strings (chat templates, licences) are left out of inspectModel
 # general.file_type values, named as llama.cpp names them (LLAMA_FTYPE_MOSTLY_Q4_1 -> "Q4_1").
 _FILE_TYPES = {
@@ -147,7 +147,7 @@ class LlamaCppEngine:
             parameter_count=header.parameter_count or 0,
             quantization=_FILE_TYPES.get(file_type) if isinstance(file_type, int) else None,
             train_context_size=_positive(metadata.get(f"{architecture}.context_length")),
-            vocab_size=header.array_lengths.get(_TOKENS_KEY),
+            vocab_size=header.array_lengths.get(TOKENS_KEY),
             has_chat_template="tokenizer.chat_template" in metadata,
             metadata={
                 key: value
@@ -172,8 +172,7 @@ class LlamaCppEngine:
             raise RequestCancelled(f"The load of {path} was cancelled.")
         _check_readable(path)
         try:
-            header = read_metadata(path, read_arrays=frozenset({_TOKENS_KEY}))
-            _check_vocabulary(header)
+            header = read_checked_metadata(path)  # refuses what llama.cpp would abort on
         except (GgufHeaderError, OSError) as exc:
             raise ModelLoadFailed(f"Could not load {path}: {exc}.", {"reason": str(exc)}) from exc
         context_size = context_size_for(header, options.context_size)
@@ -601,13 +600,6 @@ def _chat_formatter(llm: llama_cpp.Llama, template: str) -> Jinja2ChatFormatter:
         bos_token=token_text(llm.token_bos()),
         stop_token_ids=[llm.token_eos()],
     )
-
-
-def _check_vocabulary(header: dict[str, Any]) -> None:
-    """Refuse a vocabulary llama.cpp would abort on (an assertion, not an error it can report)."""
-    tokens = header.get(_TOKENS_KEY)
-    if isinstance(tokens, list) and len(set(tokens)) != len(tokens):
-        raise GgufHeaderError("the vocabulary lists a token twice")
 
 
 def _check_readable(path: str) -> None:
