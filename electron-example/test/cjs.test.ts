@@ -60,5 +60,5 @@ test('a CommonJS host require()s the client and runs calls with it', async () =>
     compileHost({ module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16 });
   assert.match(readFileSync(host, 'utf8'), /require\("llama-sidecar-electron-example\/client"\)/);
   const { stdout } = await run(process.execPath, [host, FAKE_SIDECAR], { cwd: app.dir, timeout: 20_000 });
-  assert.deepEqual(JSON.parse(stdout), { modelId: 'fake', listed: 0, closedCode: 'CLOSED' });
+  assert.deepEqual(JSON.parse(stdout), { modelId: 'fake', listed: 1, closedCode: 'CLOSED' });
 });

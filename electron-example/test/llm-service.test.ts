@@ -68,6 +68,25 @@ describe('LlmService on the real sidecar', () => {
     assert.equal(await service.prompt('tell me', options), streamed);
   });
 
+  test("node-llama-cpp's onTextChunk gets the reply's text as it comes, in prompt and promptStream alike", async () => {
+    const options = { maxTokens: 8, ...GREEDY };
+    const pieces: string[] = [];
+    const text = await service.prompt('tell me', { ...options, onTextChunk: (piece) => pieces.push(piece) });
+    assert.ok(pieces.length > 1, `${pieces.length} pieces`);
+    assert.equal(pieces.join(''), text);
+    const streamed: string[] = [];
+    const chunks: LlmChunk[] = [];
+    await service.promptStream('tell me', (chunk) => chunks.push(chunk), {
+      ...options,
+      onTextChunk: (piece) => streamed.push(piece),
+    });
+    assert.deepEqual(
+      streamed,
+      chunks.filter((c) => c.content !== '').map((c) => c.content),
+    );
+    assert.ok(!entries.some((e) => /onTextChunk/.test(e.message)), 'not reported as ignored');
+  });
+
   test('node-llama-cpp names: customStopTriggers stops before the trigger', async () => {
     const text = await service.prompt('hello world', { maxTokens: 40, raw: true, ...GREEDY });
     const trigger = text.slice(10, 13);
@@ -307,7 +326,7 @@ describe('LlmService worker timeouts', () => {
     await service.dispose();
     assert.match(
       String(outcome),
-      /^LLMServiceError: prompt timed out after retries \(3 attempts; the last: promptStream sent no first chunk within 100 ms\.\)$/,
+      /^LLMServiceError: prompt timed out after retries \(3 attempts; the last: prompt sent no first chunk within 100 ms\.\)$/,
     );
     const prompts = received().filter((line) => / prompt(Stream)? /.test(line));
     assert.deepEqual(
@@ -389,7 +408,7 @@ describe('LlmService worker timeouts', () => {
     assert.equal(received().filter((line) => / loadModel /.test(line)).length, 2, 'the model was loaded again');
   });
 
-  test('a restarted sidecar whose reload times out is stopped, not left running', async () => {
+  test('a restarted sidecar whose reload times out is stopped, not left running; the model is forgotten', async () => {
     const marker = join(mkdtempSync(join(tmpdir(), 'load-once-')), 'loaded');
     const { service, received } = fakeService('load-once', {
       sidecar: { command: process.execPath, args: [FAKE_SIDECAR, 'load-once', marker] },
@@ -399,6 +418,7 @@ describe('LlmService worker timeouts', () => {
     process.kill(service.sidecarPid ?? 0, 'SIGKILL');
     await until(() => service.sidecarPid === undefined, 5000, 'the kill being noticed');
     await assert.rejects(service.listModels(), (error: LLMServiceError) => error.code === 'TIMEOUT');
+    assert.deepEqual(await service.listModels(), [], 'the next sidecar is not asked to load it again');
     await service.dispose();
     const pids = new Set(received().map((line) => Number(line.split(' ')[0])));
     assert.ok(pids.size >= 2, 'a restart happened');

@@ -20,7 +20,7 @@ const IMPORTS = `
 import path from 'node:path';
 import { app } from 'electron';
 import {
-  type LlmChunk, LlmService, LLMServiceError, type SidecarCommand, WorkerTimeoutError,
+  type GenerationResult, type LlmChunk, LlmService, LLMServiceError, type SidecarCommand, WorkerTimeoutError,
 } from '${path.join(PACKAGE_DIR, 'src', 'client', 'index.js')}';
 import { devSidecarCommand } from '${path.join(PACKAGE_DIR, 'src', 'sidecar-command.js')}';
 void [path, app, LlmService, LLMServiceError, WorkerTimeoutError, devSidecarCommand];

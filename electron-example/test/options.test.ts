@@ -6,7 +6,13 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 import type { LoadModelOptions } from '../src/client/index.js';
-import { countTokensParams, generationParams, loadModelParams, type PromptOptions } from '../src/client/options.js';
+import {
+  countTokensParams,
+  generationParams,
+  loadCallOptions,
+  loadModelParams,
+  type PromptOptions,
+} from '../src/client/options.js';
 import { recordingLogger, REPO_ROOT } from './helpers/sidecar.js';
 
 test('the text is the user turn, after the system prompt and earlier messages', () => {
@@ -55,9 +61,9 @@ test('sampling names pass through; node-llama-cpp names map onto the protocol', 
 
 test('unknown option names are logged and left out', () => {
   const { logger, entries } = recordingLogger();
-  const params = generationParams('x', { maxTokens: 3, onTextChunk: () => {} } as PromptOptions, logger);
+  const params = generationParams('x', { maxTokens: 3, onTextChunks: () => {} } as PromptOptions, logger);
   assert.deepEqual(params, { maxTokens: 3, messages: [{ role: 'user', content: 'x' }] });
-  assert.match(entries[0]?.message ?? '', /prompt: ignored option\(s\) the sidecar does not support: onTextChunk/);
+  assert.match(entries[0]?.message ?? '', /prompt: ignored option\(s\) the sidecar does not support: onTextChunks/);
   assert.deepEqual(loadModelParams('default', logger), { modelPath: 'default' });
 });
 
@@ -72,7 +78,7 @@ test("node-llama-cpp's other names compile (no cast) and are left out with a war
     'x',
     {
       repeatPenalty: { penalty: 1.1, frequencyPenalty: 0.2, presencePenalty: 0.1 },
-      onTextChunk: (text) => text.length,
+      onToken: (tokens) => tokens.length,
       trimWhitespaceSuffix: true,
     },
     logger,
@@ -82,7 +88,7 @@ test("node-llama-cpp's other names compile (no cast) and are left out with a war
     entries.map((e) => [e.level, e.message]),
     [
       ['warn', 'loadModel: ignored option(s) the sidecar does not support: useMlock, flashAttention'],
-      ['warn', 'prompt: ignored option(s) the sidecar does not support: onTextChunk, trimWhitespaceSuffix'],
+      ['warn', 'prompt: ignored option(s) the sidecar does not support: onToken, trimWhitespaceSuffix'],
       [
         'warn',
         'prompt: ignored option(s) the sidecar does not support: repeatPenalty.frequencyPenalty, repeatPenalty.presencePenalty',
@@ -145,4 +151,21 @@ test("node-llama-cpp's gpuLayers 'auto' | 'max' and contextSize 'auto' compile: 
       ['info', "loadModel: gpuLayers 'auto' is approximated by the sidecar's default, 0 (no GPU offload)"],
     ],
   );
+});
+
+test("node-llama-cpp's onTextChunk, and loadModel's onLoadProgress and loadSignal, are taken without a warning; the second argument's win", () => {
+  const { logger, entries } = recordingLogger();
+  const onTextChunk = (text: string): number => text.length;
+  assert.deepEqual(generationParams('x', { onTextChunk }, logger), { messages: [{ role: 'user', content: 'x' }] });
+  const onLoadProgress = (progress: number): number => progress;
+  const loadSignal = new AbortController().signal;
+  const old: LoadModelOptions = { modelPath: '/m.gguf', onLoadProgress, loadSignal };
+  assert.deepEqual(loadModelParams(old, logger), { modelPath: '/m.gguf' });
+  assert.deepEqual(entries, [], 'nothing to warn about');
+
+  assert.deepEqual(loadCallOptions(old, { requestId: 'r' }), { requestId: 'r', onLoadProgress, signal: loadSignal });
+  const mine = { onLoadProgress: (progress: number): number => -progress, signal: AbortSignal.abort() };
+  assert.deepEqual(loadCallOptions(old, mine), mine);
+  assert.deepEqual(loadCallOptions('/m.gguf', mine), mine);
+  assert.deepEqual(loadCallOptions({ modelPath: '/m.gguf' }, {}), {});
 });

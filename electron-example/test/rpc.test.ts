@@ -8,6 +8,7 @@ import {
   LLMServiceError,
   RpcConnection,
   type StreamChunkParams,
+  StreamIdleTimeoutError,
   WorkerTimeoutError,
 } from '../src/client/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
@@ -126,6 +127,53 @@ test('the first-chunk timeout stops counting at the first chunk', async (t) => {
   t.mock.timers.tick(1000); // far past the timeout: nothing may fire
   transport.deliver({ jsonrpc: '2.0', id, result: 'done' });
   assert.equal(await talking, 'done');
+});
+
+test('the idle timeout: each chunk starts it again; none within it after one rejects with StreamIdleTimeoutError and cancels', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { transport, rpc } = await connected();
+  const options = { idleTimeoutMs: 50, callName: 'prompt', onNotification: quiet };
+  const call = rpc.request('promptStream', {}, options);
+  const id = transport.sent[0]?.['id'] as number;
+  t.mock.timers.tick(1000); // no chunk yet: the first-chunk timeout's business, unset here
+  for (let index = 0; index < 3; index++) {
+    transport.deliver(chunk(id, index, 'x'));
+    t.mock.timers.tick(49);
+  }
+  assert.equal(transport.requests('cancel').length, 0, 'chunks kept coming');
+  t.mock.timers.tick(1);
+  await assert.rejects(call, (error: unknown) => {
+    assert.ok(error instanceof StreamIdleTimeoutError && error.code === 'TIMEOUT', String(error));
+    assert.equal(error.message, 'prompt stalled: no chunk within 50 ms of the one before.');
+    return true;
+  });
+  assert.deepEqual(
+    transport.requests('cancel').map((m) => m['params']),
+    [{ requestId: id }],
+  );
+  // An abort stops it: from then on the cancel grace bounds the wait.
+  const controller = new AbortController();
+  const cancelled = rpc.request('promptStream', {}, { ...options, signal: controller.signal, cancelGraceMs: Infinity });
+  const second = transport.sent.at(-1)?.['id'] as number;
+  transport.deliver(chunk(second, 0, 'x'));
+  controller.abort();
+  t.mock.timers.tick(1_000_000);
+  transport.deliver({ jsonrpc: '2.0', id: second, result: { finishReason: 'cancelled' } });
+  assert.deepEqual(await cancelled, { finishReason: 'cancelled' });
+});
+
+test('callName names the call in its errors', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { rpc } = await connected();
+  const silent = rpc.request(
+    'promptStream',
+    {},
+    { firstChunkTimeoutMs: 20, callName: 'prompt', onNotification: quiet },
+  );
+  t.mock.timers.tick(20);
+  await assert.rejects(silent, { message: 'prompt sent no first chunk within 20 ms.' });
+  const aborted = rpc.request('promptStream', {}, { signal: AbortSignal.abort(), callName: 'promptWithResult' });
+  await assert.rejects(aborted, { code: 'ABORTED', message: 'promptWithResult was aborted before it was sent.' });
 });
 
 test('an abort sends cancel and still settles with the response', async () => {

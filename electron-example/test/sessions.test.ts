@@ -226,7 +226,8 @@ describe('chat sessions through LlmService on the real sidecar: two models, seve
 
 describe('cancelling loadModel on the real sidecar', () => {
   const models = tempDir();
-  const service = new LlmService({ sidecar: devSidecarCommand(), logger: recordingLogger().logger });
+  const { logger, entries } = recordingLogger();
+  const service = new LlmService({ sidecar: devSidecarCommand(), logger });
   let big: string;
 
   before(async () => {
@@ -238,24 +239,27 @@ describe('cancelling loadModel on the real sidecar', () => {
     models.remove();
   });
 
-  /** Load `big`, cancelling it at its first progress short of 1 with `cancel`: the error, or the model if it won. */
+  /**
+   * Load `big`, cancelling it at its first progress short of 1 with `cancel`: the error, or the model
+   * if it won. `nodeLlamaCpp`: the progress callback and the signal go in the options object, under
+   * node-llama-cpp's names (`onLoadProgress`, `loadSignal`), instead of the second argument.
+   */
   async function loadAndCancel(
     cancel: () => void,
     options: { signal?: AbortSignal; requestId?: string },
+    nodeLlamaCpp = false,
   ): Promise<LLMServiceError | ModelInfo> {
     const seen: number[] = [];
-    const outcome = await service
-      .loadModel(
-        { modelPath: big, useMmap: false, ...TEST_LOAD },
-        {
-          ...options,
-          onLoadProgress: (progress) => {
-            if (seen.length === 0 && progress < 1) cancel();
-            seen.push(progress);
-          },
-        },
-      )
-      .catch((error: unknown) => error);
+    const onLoadProgress = (progress: number): void => {
+      if (seen.length === 0 && progress < 1) cancel();
+      seen.push(progress);
+    };
+    const load = { modelPath: big, useMmap: false, ...TEST_LOAD };
+    const outcome = await (
+      nodeLlamaCpp
+        ? service.loadModel({ ...load, onLoadProgress, loadSignal: options.signal })
+        : service.loadModel(load, { ...options, onLoadProgress })
+    ).catch((error: unknown) => error);
     if (outcome instanceof LLMServiceError) {
       assert.equal(outcome.code, -32800, outcome.message);
       assert.equal(outcome.data, undefined);
@@ -297,6 +301,20 @@ describe('cancelling loadModel on the real sidecar', () => {
       assert.equal(service.cancel('load-big'), false, 'a finished load has no handle left');
       await assert.rejects(service.loadModel(big, { signal: AbortSignal.abort() }), { code: 'ABORTED' });
       assert.deepEqual(await service.listModels(), []);
+    },
+  );
+
+  test(
+    "node-llama-cpp's onLoadProgress and loadSignal in the options object report progress and cancel the load, with no warning",
+    { timeout: 60_000 },
+    async (t) => {
+      const controller = new AbortController();
+      const outcome = await loadAndCancel(() => controller.abort(), { signal: controller.signal }, true);
+      if (!(outcome instanceof LLMServiceError)) t.diagnostic('the load finished before the cancel reached it');
+      assert.deepEqual(
+        entries.filter((e) => e.level === 'warn' && /loadModel/.test(e.message)),
+        [],
+      );
     },
   );
 });

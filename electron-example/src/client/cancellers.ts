@@ -9,6 +9,8 @@
 
 import { randomUUID } from 'node:crypto';
 
+import { abortedError } from './errors.js';
+
 /**
  * What `prompt`, `promptWithResult` and `promptStream` return: the promise of the call, which can
  * also cancel it, like the handle the old `generateStream` returned.
@@ -18,7 +20,9 @@ export interface PromptHandle<T> extends Promise<T> {
   readonly requestId: string;
   /**
    * Cancel the call, as its `signal` would: a prompt then resolves with the text so far and
-   * finishReason "cancelled". False when the call had already settled.
+   * finishReason "cancelled", and a stream's `onChunk` gets one final chunk. A prompt cancelled
+   * before its request was sent (while the sidecar starts, or between two attempts) resolves the
+   * same way, with nothing generated. False when the call had already settled.
    */
   cancel(): boolean;
 }
@@ -66,4 +70,20 @@ export class Cancellers {
 export function mapHandle<T, U>(handle: PromptHandle<T>, f: (value: T) => U): PromptHandle<U> {
   const { requestId, cancel } = handle;
   return Object.assign(handle.then(f), { requestId, cancel });
+}
+
+/**
+ * `promise`, or an ABORTED rejection (named `what`) as soon as `signal` fires, if it does first:
+ * a call cancelled while it waits for a sidecar to start ends then. `promise` goes on; its
+ * rejection is handled.
+ */
+export function beforeAbort<T>(promise: Promise<T>, signal: AbortSignal, what: string): Promise<T> {
+  promise.catch(() => undefined);
+  if (signal.aborted) return Promise.reject(abortedError(what));
+  let onAbort = (): void => {};
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(abortedError(what));
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  return Promise.race([promise, aborted]).finally(() => signal.removeEventListener('abort', onAbort));
 }

@@ -28,11 +28,16 @@
  * it), the call fails with TIMEOUT, and the next call reads the history back
  * from the sidecar once the stray turn has ended. A turn its caller cancelled
  * waits as long for its answer; without one, it fails with
- * `CancelTimeoutError` (after the same ping, and restart if it hangs).
+ * `CancelTimeoutError` (after the same ping, and restart if it hangs). A turn
+ * cancelled before it was sent resolves as cancelled, the history unchanged.
+ * A stream that stalls after its first chunk (`streamIdleTimeoutMs`) is
+ * cancelled too, and fails with `StreamIdleTimeoutError` once the sidecar has
+ * answered (the session keeps the turn as far as it got) or after the same
+ * grace, ping and restart; it is not tried again.
  */
 
-import { type LlmChunk, toLlmChunk } from './chunks.js';
-import type { CancelOptions } from './cancellers.js';
+import { beforeAbort, type CancelOptions } from './cancellers.js';
+import { cancelledIfUnsent, type LlmChunk, withTextChunks } from './chunks.js';
 import { CancelTimeoutError, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
 import type { Logger } from './log.js';
 import { sessionTurnParams, type SessionPromptOptions } from './options.js';
@@ -43,20 +48,9 @@ import type {
   SessionMessage,
   StreamChunkParams,
 } from './protocol-types.js';
+import type { ChatSessionOptions } from './service-options.js';
 import type { SidecarClient } from './sidecar-client.js';
-
-/** `LlmService.createSession`'s options. */
-export interface ChatSessionOptions {
-  /** The model (a loaded model's id); the default (latest loaded) one when absent. It needs a chat template. */
-  readonly modelId?: string;
-  /** The first message of every prompt of the session; never dropped from it. */
-  readonly systemPrompt?: string;
-  /**
-   * Tokens the session's prompt and reply may take together, at most the model's context size (the
-   * default). Past it the oldest turns are left out of the prompt (`droppedMessages` counts them).
-   */
-  readonly contextSize?: number;
-}
+import { boundedStream } from './stream-bounds.js';
 
 /** What a `ChatSession` uses of its `LlmService`. Internal: the service builds it. */
 export interface SessionHost {
@@ -67,6 +61,8 @@ export interface SessionHost {
   current(): SidecarClient | undefined;
   /** Tries per turn when the worker times out, the first included. */
   readonly maxAttempts: number;
+  /** How long a begun stream may go without a chunk; undefined when turned off. */
+  readonly idleTimeoutMs: number | undefined;
   /** A turn's worker timeout (its own, else the service's); undefined when turned off. */
   timeoutFor(options: SessionPromptOptions): number | undefined;
   /** After an attempt got no answer: true when the sidecar did not answer ping and was killed (the next acquire starts a new one). */
@@ -83,8 +79,6 @@ type TurnParams = Omit<GenerationParams, 'sessionId' | 'text'> & { readonly text
 /** How one attempt of a turn ended: with a result, or timed out (answered: a cancelled answer came back). */
 type Attempt =
   { readonly result: GenerationResult } | { readonly timeout: WorkerTimeoutError; readonly answered: boolean };
-
-type Settled = { readonly result: GenerationResult } | { readonly error: unknown };
 
 export class ChatSession {
   /** The sidecar that holds the session; another one (after a restart) gets it opened again. */
@@ -226,8 +220,12 @@ export class ChatSession {
   ): Promise<GenerationResult> {
     const params: TurnParams = sessionTurnParams(text, options, this.host.logger);
     const timeoutMs = this.host.timeoutFor(options);
-    return this.serialized(() =>
-      this.host.withCanceller(options, (signal) => this.attempts(kind, params, timeoutMs, signal, onChunk)),
+    const receiver = withTextChunks(onChunk, options.onTextChunk);
+    // The canceller first: a turn cancelled while the calls before it run ends as soon as they have.
+    return this.host.withCanceller(options, (signal) =>
+      this.serialized(() =>
+        cancelledIfUnsent(signal, receiver, () => this.attempts(kind, params, timeoutMs, signal, receiver)),
+      ),
     );
   }
 
@@ -243,7 +241,7 @@ export class ChatSession {
     let last: WorkerTimeoutError | undefined;
     let number = 1;
     for (; ; number++) {
-      const client = await this.ready();
+      const client = await this.ready(signal);
       const before = this.history;
       const outcome = await this.attempt(client, kind, params, timeoutMs, signal, onChunk);
       if ('result' in outcome) return outcome.result;
@@ -255,10 +253,10 @@ export class ChatSession {
   }
 
   /**
-   * One attempt, streamed whatever the kind: on a timeout (no first chunk in time), cancel it; once
-   * cancelled, by the timeout or the caller, wait up to `cancelGraceMs` for its answer. Chunks that
-   * come after the timeout are held back: they reach `onChunk` only if this attempt's answer is the
-   * result after all.
+   * One attempt, streamed whatever the kind: on a timeout (no first chunk in time, or no next one),
+   * cancel it; once cancelled, by a timeout or the caller, wait up to `cancelGraceMs` for its answer.
+   * Chunks that come after a timeout are held back: they reach `onChunk` only if this attempt's
+   * answer is a whole reply after all. Only a first-chunk timeout is tried again.
    */
   private async attempt(
     client: SidecarClient,
@@ -268,46 +266,19 @@ export class ChatSession {
     signal: AbortSignal,
     onChunk: ((chunk: LlmChunk) => void) | undefined,
   ): Promise<Attempt> {
-    const controller = new AbortController();
-    const callSignal = AbortSignal.any([signal, controller.signal]);
-    let timeout: WorkerTimeoutError | undefined;
-    let callbackFailed: { readonly error: unknown } | undefined;
-    const held: LlmChunk[] = [];
-    const timer =
-      timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            if (callSignal.aborted) return; // cancelled already: the grace bounds the wait
-            timeout = new WorkerTimeoutError(`${kind} sent no first chunk within ${timeoutMs} ms.`, timeoutMs);
-            controller.abort(); // sends cancel; the answer still comes (a cancelled result)
-          }, timeoutMs);
-    const deliver = (chunk: StreamChunkParams): void => {
-      clearTimeout(timer); // the first chunk came: no timeout for this stream any more
-      if (callbackFailed !== undefined) return;
-      if (timeout !== undefined) {
-        held.push(toLlmChunk(chunk));
-        return;
-      }
-      try {
-        onChunk?.(toLlmChunk(chunk));
-      } catch (error) {
-        // The caller's callback failed: stop the reply; the call rejects with what it threw.
-        callbackFailed = { error };
-        controller.abort();
-      }
-    };
-    // This class bounds the wait after a cancel itself (below), so that it still hears of a late answer.
-    const call = client.promptStream({ ...params, sessionId: this.id }, deliver, {
-      signal: callSignal,
-      cancelGraceMs: Infinity,
-    });
-    const answer = call.then(
-      (result): Settled => ({ result }),
-      (error: unknown): Settled => ({ error }),
-    );
     const graceMs = this.host.cancelGraceMs;
-    const settled = await answeredInTime(answer, callSignal, graceMs);
-    clearTimeout(timer);
+    const limits = { firstChunkTimeoutMs: timeoutMs, idleTimeoutMs: this.host.idleTimeoutMs };
+    // The grace is bounded here (Infinity for the call), so that a late answer is still heard of.
+    const stream = (deliver: (chunk: StreamChunkParams) => void, callSignal: AbortSignal) =>
+      client.promptStream({ ...params, sessionId: this.id }, deliver, { signal: callSignal, cancelGraceMs: Infinity });
+    const { settled, answer, expired, callbackFailed, held } = await boundedStream(stream, {
+      name: kind,
+      limits,
+      signal,
+      graceMs,
+      onChunk,
+    });
+    const timeout = expired instanceof WorkerTimeoutError ? expired : undefined;
 
     if (settled === undefined) {
       // No answer even to the cancel. Should the turn still end, the sidecar's history has it.
@@ -316,7 +287,8 @@ export class ChatSession {
       });
       if (timeout !== undefined) return { timeout, answered: false };
       await this.host.restartIfHung(client, graceMs);
-      throw callbackFailed === undefined ? new CancelTimeoutError(kind, graceMs) : callbackFailed.error;
+      if (callbackFailed !== undefined) throw callbackFailed.error;
+      throw expired ?? new CancelTimeoutError(kind, graceMs);
     }
     if ('error' in settled) {
       if (settled.error instanceof LLMServiceError && settled.error.fromSidecar && settled.error.code !== -32013)
@@ -330,6 +302,8 @@ export class ChatSession {
     // caller cancelled, or one whose callback failed: the sidecar added the turn; so does the history here.
     await this.record(client, params.text, result);
     if (callbackFailed !== undefined) throw callbackFailed.error;
+    // A stream that stalled: the sidecar kept the turn as far as it got, and so did the history here.
+    if (ourCancel && expired !== undefined) throw expired;
     for (const chunk of held) onChunk?.(chunk);
     return { result };
   }
@@ -357,10 +331,14 @@ export class ChatSession {
     return false;
   }
 
-  /** The client that holds the session, opening it again on a new sidecar first. */
-  private async ready(): Promise<SidecarClient> {
+  /**
+   * The client that holds the session, opening it again on a new sidecar first. When `signal` fires
+   * while a sidecar starts, stop waiting for it (ABORTED).
+   */
+  private async ready(signal?: AbortSignal): Promise<SidecarClient> {
     if (this.closed) throw new LLMServiceError('CLOSED', 'The chat session was closed.');
-    const client = await this.host.acquire();
+    const acquired = this.host.acquire();
+    const client = await (signal === undefined ? acquired : beforeAbort(acquired, signal, 'session turn'));
     if (client !== this.client) await this.reopen(client);
     else if (this.stale) await this.resync(client);
     return client;
@@ -421,29 +399,6 @@ export class ChatSession {
     const run = this.tail.then(body);
     this.tail = run.catch(() => undefined);
     return run;
-  }
-}
-
-/**
- * `answer`, or undefined when `signal` fired and `answer` did not come within `graceMs` after it
- * (never settling with undefined while `signal` has not fired).
- */
-async function answeredInTime<T>(answer: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T | undefined> {
-  if (!Number.isFinite(graceMs)) return answer;
-  let timer: NodeJS.Timeout | undefined;
-  let startGrace = (): void => {};
-  const late = new Promise<undefined>((resolve) => {
-    startGrace = () => {
-      timer = setTimeout(resolve, graceMs, undefined);
-    };
-  });
-  if (signal.aborted) startGrace();
-  else signal.addEventListener('abort', startGrace, { once: true });
-  try {
-    return await Promise.race([answer, late]);
-  } finally {
-    clearTimeout(timer);
-    signal.removeEventListener('abort', startGrace);
   }
 }
 

@@ -22,7 +22,7 @@ export type ClientErrorCode =
   | 'RESTART_LIMIT'
   /** The sidecar wrote something that is not protocol. */
   | 'PROTOCOL_ERROR'
-  /** The caller's AbortSignal fired before the request was sent. */
+  /** The caller's AbortSignal fired before the request was sent (a prompt then resolves as cancelled instead). */
   | 'ABORTED';
 
 /** A numeric code from the sidecar (see protocol/schema/error.json) or a client code. */
@@ -80,6 +80,30 @@ export class CancelTimeoutError extends LLMServiceError {
   }
 }
 
+/**
+ * A stream that sent chunks, then none for `timeoutMs`: the call is cancelled and rejects (code
+ * `TIMEOUT`). Not a `WorkerTimeoutError`: part of the reply was delivered, so it is not tried again.
+ */
+export class StreamIdleTimeoutError extends LLMServiceError {
+  override readonly name: string = 'StreamIdleTimeoutError';
+  readonly timeoutMs: number;
+
+  constructor(method: string, timeoutMs: number) {
+    super('TIMEOUT', `${method} stalled: no chunk within ${timeoutMs} ms of the one before.`, { timeoutMs });
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** What a call whose signal had fired before it was sent rejects with. */
+export function abortedError(method: string): LLMServiceError {
+  return new LLMServiceError('ABORTED', `${method} was aborted before it was sent.`);
+}
+
+/** What calls on a disposed service reject with. */
+export function disposedError(): LLMServiceError {
+  return new LLMServiceError('CLOSED', 'The LLM service was disposed.');
+}
+
 /** The error every pending call gets when the sidecar ends without being asked to. */
 export function sidecarExitedError(info: ExitInfo): LLMServiceError {
   const how = info.signal !== null ? `signal ${info.signal}` : `exit code ${String(info.exitCode)}`;
@@ -96,4 +120,8 @@ export function timedOutError(what: string, attempts: number, last: WorkerTimeou
 
 export function isTimeout(error: unknown): error is LLMServiceError {
   return error instanceof LLMServiceError && error.code === 'TIMEOUT';
+}
+
+export function isAborted(error: unknown): error is LLMServiceError {
+  return error instanceof LLMServiceError && error.code === 'ABORTED';
 }

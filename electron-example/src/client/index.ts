@@ -10,12 +10,11 @@
 
 export type { PromptHandle } from './cancellers.js';
 export { ChatSession } from './chat-session.js';
-export type { ChatSessionOptions } from './chat-session.js';
-export { CancelTimeoutError, LLMServiceError, WorkerTimeoutError } from './errors.js';
+export { CancelTimeoutError, LLMServiceError, StreamIdleTimeoutError, WorkerTimeoutError } from './errors.js';
 export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
-export { DEFAULT_WORKER_TIMEOUT_MS, LlmService } from './llm-service.js';
+export { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_WORKER_TIMEOUT_MS, LlmService } from './llm-service.js';
 export type { LlmChunk } from './llm-service.js';
 export { defaultLogger } from './log.js';
 export type { Logger, LogLevel } from './log.js';
@@ -23,6 +22,7 @@ export type {
   IgnoredLoadOptions,
   IgnoredPromptOptions,
   LoadModelOptions,
+  NodeLlamaCppLoadCallbacks,
   NodeLlamaCppLoadValues,
   PromptOptions,
   RepeatPenaltyOptions,
@@ -33,8 +33,10 @@ export type { ProcessTransportOptions, SidecarCommand } from './process-transpor
 export type * from './protocol-types.js';
 export { DEFAULT_CANCEL_GRACE_MS, RpcConnection } from './rpc.js';
 export type { CallOptions, NotificationHandler, RequestOptions, StreamOptions } from './rpc.js';
+export type { StreamLimits } from './stream-bounds.js';
 export type {
   CallTimeoutOptions,
+  ChatSessionOptions,
   DetokenizeOptions,
   DownloadOptions,
   DownloadProgress,

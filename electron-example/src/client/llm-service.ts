@@ -13,20 +13,24 @@
  * `workerTimeoutMs` limits the wait for the first chunk, never the length of
  * the reply. A prompt whose first chunk does not come in time is cancelled
  * and tried again, up to `maxAttempts` in total; a sidecar that then fails a
- * ping is killed and restarted, as is one that does not answer a cancel. The
- * supervisor restarts a crashed sidecar on the next call, and this class
- * reloads the models that were loaded, with the same params (sessions open
- * again on their next call).
+ * ping is killed and restarted, as is one that does not answer a cancel or
+ * whose stream stalls (`streamIdleTimeoutMs`). A prompt cancelled before its
+ * request went out resolves as cancelled all the same. The supervisor restarts
+ * a crashed sidecar on the next call, and this class reloads the models that
+ * were loaded, with the same params (sessions open again on their next call);
+ * a model whose reload fails, crashes or hangs the sidecar is forgotten.
  */
 
-import { Cancellers, mapHandle, type PromptHandle } from './cancellers.js';
-import { ChatSession, type ChatSessionOptions, type SessionHost } from './chat-session.js';
-import { type LlmChunk, toLlmChunk } from './chunks.js';
-import { CancelTimeoutError, isTimeout, LLMServiceError, timedOutError, WorkerTimeoutError } from './errors.js';
+import { beforeAbort, Cancellers, mapHandle, type PromptHandle } from './cancellers.js';
+import { ChatSession, type SessionHost } from './chat-session.js';
+import { cancelledIfUnsent, type LlmChunk, toLlmChunk, withTextChunks } from './chunks.js';
+import { CancelTimeoutError, isTimeout, StreamIdleTimeoutError, timedOutError, WorkerTimeoutError } from './errors.js';
+import { LoadedModels } from './loaded-models.js';
 import { defaultLogger, type Logger } from './log.js';
 import {
   countTokensParams,
   generationParams,
+  loadCallOptions,
   loadModelParams,
   type LoadModelOptions,
   type PromptOptions,
@@ -40,13 +44,13 @@ import type {
   EmbedResult,
   GenerationResult,
   InspectModelResult,
-  LoadModelParams,
   LoadProgressParams,
   ModelInfo,
   StreamChunkParams,
 } from './protocol-types.js';
 import { DEFAULT_CANCEL_GRACE_MS } from './rpc.js';
 import type {
+  ChatSessionOptions,
   DetokenizeOptions,
   DownloadOptions,
   DownloadProgress,
@@ -65,28 +69,36 @@ const DEFAULT_SIDECAR: SidecarCommand = { command: 'llama-sidecar' };
 const PING_TIMEOUT_MS = 2000;
 /** The old service's first-chunk timeout. */
 export const DEFAULT_WORKER_TIMEOUT_MS = 10_000;
+/** How long a stream may go without a chunk once it has begun (`streamIdleTimeoutMs`). */
+export const DEFAULT_STREAM_IDLE_TIMEOUT_MS = 60_000;
 
 export class LlmService {
   private readonly logger: Logger;
   private readonly supervisor: Supervisor;
-  /** What to reload after a restart: params by model id, in load order (the last is the default). */
-  private readonly loaded = new Map<string, LoadModelParams>();
+  /** What to reload after a restart. */
+  private readonly loaded: LoadedModels;
   private readonly cancellers = new Cancellers();
   /** Tries per timed-out call, the first included. */
   private readonly maxAttempts: number;
+  /** How long a begun stream may go without a chunk; undefined when turned off. */
+  private readonly idleTimeoutMs: number | undefined;
   /** What chat sessions use of this service. */
   private readonly sessionHost: SessionHost;
 
   constructor(private readonly options: LlmServiceOptions = {}) {
     this.logger = options.logger ?? defaultLogger;
+    this.loaded = new LoadedModels(this.logger);
     const policy = { ...DEFAULT_RESTART_POLICY, ...options.restart };
-    this.supervisor = new Supervisor(() => this.startSidecar(), policy, this.logger);
+    this.supervisor = new Supervisor((signal) => this.startSidecar(signal), policy, this.logger);
     this.maxAttempts = Math.max(options.maxAttempts ?? 2, 1);
+    const idleTimeoutMs = options.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    this.idleTimeoutMs = idleTimeoutMs > 0 ? idleTimeoutMs : undefined;
     this.sessionHost = {
       logger: this.logger,
       acquire: () => this.supervisor.acquire(),
       current: () => this.supervisor.current,
       maxAttempts: this.maxAttempts,
+      idleTimeoutMs: this.idleTimeoutMs,
       timeoutFor: (callOptions) => this.timeoutFor(callOptions),
       restartIfHung: (client, timeoutMs) => this.restartIfHung(client, timeoutMs),
       withCanceller: (callOptions, body) => this.cancellers.run(callOptions, body),
@@ -97,22 +109,23 @@ export class LlmService {
   /**
    * Load a model (a path, `"default"`, or options); it becomes the default target of prompts.
    * `options.onLoadProgress` gets the progress (0 to 1); `options.signal` (or `cancel(options.requestId)`)
-   * cancels the load, which then rejects with RequestCancelled (-32800). When the sidecar's model
-   * limit (`--max-models`, `--max-model-bytes`) unloads the least recently used model to make room,
-   * that model is not reloaded after a restart either.
+   * cancels the load, which then rejects with RequestCancelled (-32800). node-llama-cpp's
+   * `onLoadProgress` and `loadSignal` in the options object do the same (the second argument's win).
+   * When the sidecar's model limit (`--max-models`, `--max-model-bytes`) unloads the least recently
+   * used model to make room, that model is not reloaded after a restart either.
    */
   async loadModel(pathOrOptions: string | LoadModelOptions, options: LoadOptions = {}): Promise<ModelInfo> {
     const params = loadModelParams(pathOrOptions, this.logger);
-    const { onLoadProgress, timeoutMs } = options;
+    const callOptions = loadCallOptions(pathOrOptions, options);
+    const { onLoadProgress, timeoutMs } = callOptions;
     const progress = onLoadProgress && ((update: LoadProgressParams): void => onLoadProgress(update.progress));
     const client = await this.supervisor.acquire();
-    const info = await this.cancellers.run(options, (signal) =>
+    const info = await this.cancellers.run(callOptions, (signal) =>
       this.restartIfCancelHangs(client, client.loadModel(params, { onLoadProgress: progress, signal, timeoutMs })),
     );
-    this.loaded.delete(info.modelId);
-    this.loaded.set(info.modelId, { ...params, modelId: info.modelId });
+    this.loaded.add(info.modelId, params);
     // With another model loaded, the sidecar may have unloaded one to make room.
-    if (this.loaded.size > 1) await this.forgetUnloaded(client);
+    if (this.loaded.size > 1) await this.loaded.forgetUnloaded(client);
     return info;
   }
 
@@ -124,12 +137,16 @@ export class LlmService {
     return ChatSession.open(this.sessionHost, options);
   }
 
-  /** Unload a model (the default one when no id); false when there was none. */
+  /**
+   * Unload a model (the default one when no id); false when there was none. With no sidecar running
+   * (after a crash, or past the restart limit) the model is only dropped from what a restart reloads:
+   * no sidecar is started for it.
+   */
   async unloadModel(modelId?: string): Promise<boolean> {
+    if (this.supervisor.idle) return this.loaded.forget(modelId);
     const client = await this.supervisor.acquire();
     const { unloaded } = await client.unloadModel(modelId === undefined ? {} : { modelId });
-    const forgotten = modelId ?? [...this.loaded.keys()].pop();
-    if (unloaded && forgotten !== undefined) this.loaded.delete(forgotten);
+    if (unloaded) this.loaded.forget(modelId);
     return unloaded;
   }
 
@@ -142,7 +159,7 @@ export class LlmService {
    * `cancel()` ends the reply early: it then resolves with the text so far.
    */
   prompt(text: string, options: PromptOptions = {}): PromptHandle<string> {
-    return mapHandle(this.promptWithResult(text, options), (result) => result.text);
+    return mapHandle(this.generate('prompt', text, undefined, options), (result) => result.text);
   }
 
   /**
@@ -150,7 +167,7 @@ export class LlmService {
    * `options.jsonSchema` the parsed reply as `json` (absent when the reply was cut, e.g. by `maxTokens`).
    */
   promptWithResult(text: string, options: PromptOptions = {}): PromptHandle<GenerationResult> {
-    return this.generate('prompt', text, () => {}, options);
+    return this.generate('promptWithResult', text, undefined, options);
   }
 
   /**
@@ -238,7 +255,11 @@ export class LlmService {
     return this.cancellers.cancel(requestId);
   }
 
-  /** Shut the sidecar down gracefully: running prompts end as cancelled, anything else pending and every later call rejects with CLOSED. */
+  /**
+   * Shut the sidecar down gracefully: running prompts end as cancelled, anything else pending and
+   * every later call rejects with CLOSED. A restart on its way stops: its backoff wait ends, and it
+   * reloads no more models.
+   */
   dispose(): Promise<void> {
     return this.supervisor.dispose();
   }
@@ -250,15 +271,18 @@ export class LlmService {
   private generate(
     what: string,
     prompt: StreamPrompt,
-    onChunk: (chunk: LlmChunk) => void,
+    onChunk: ((chunk: LlmChunk) => void) | undefined,
     options: PromptOptions,
   ): PromptHandle<GenerationResult> {
-    const firstChunkTimeoutMs = this.timeoutFor(options);
-    const deliver = (chunk: StreamChunkParams): void => onChunk(toLlmChunk(chunk));
+    const bounds = { firstChunkTimeoutMs: this.timeoutFor(options), idleTimeoutMs: this.idleTimeoutMs, callName: what };
+    const receiver = withTextChunks(onChunk, options.onTextChunk);
+    const deliver = (chunk: StreamChunkParams): void => receiver?.(toLlmChunk(chunk));
     // Inside the body, so that bad arguments reject the handle, as they rejected the old async calls.
     return this.cancellers.run(options, (signal) => {
       const params = generationParams(typeof prompt === 'string' ? prompt : prompt.text, options, this.logger);
-      return this.withRetries(what, (client) => client.promptStream(params, deliver, { firstChunkTimeoutMs, signal }));
+      return cancelledIfUnsent(signal, receiver, () =>
+        this.withRetries(what, signal, (client) => client.promptStream(params, deliver, { ...bounds, signal })),
+      );
     });
   }
 
@@ -268,23 +292,8 @@ export class LlmService {
     return timeoutMs > 0 ? timeoutMs : undefined;
   }
 
-  /** Forget the models the sidecar no longer has (its model limit unloads the least recently used one). */
-  private async forgetUnloaded(client: SidecarClient): Promise<void> {
-    let present: Set<string>;
-    try {
-      present = new Set((await client.listModels()).models.map((model) => model.modelId));
-    } catch (error) {
-      this.logger('debug', `could not list the models after a load: ${(error as Error).message}`);
-      return;
-    }
-    for (const modelId of [...this.loaded.keys()]) {
-      if (present.has(modelId)) continue;
-      this.loaded.delete(modelId);
-      this.logger('info', `model ${modelId} was unloaded by the sidecar's model limit`);
-    }
-  }
-
-  private async startSidecar(): Promise<SidecarClient> {
+  /** A sidecar with the models reloaded; when `signal` fires (dispose), it is closed before the next reload. */
+  private async startSidecar(signal: AbortSignal): Promise<SidecarClient> {
     const {
       sidecar = DEFAULT_SIDECAR,
       startTimeoutMs,
@@ -302,32 +311,25 @@ export class LlmService {
       closeGraceMs,
       cancelGraceMs,
     });
-    for (const [modelId, params] of this.loaded) {
-      try {
-        await client.loadModel(params);
-        this.logger('info', `reloaded model ${modelId} after a restart`);
-      } catch (error) {
-        if (!(error instanceof LLMServiceError && error.fromSidecar)) {
-          // The supervisor never gets this client, so nothing else would ever stop its process.
-          await client.close({ force: true });
-          throw error;
-        }
-        // The file may be gone: forget it rather than fail every restart on it.
-        this.loaded.delete(modelId);
-        this.logger('error', `could not reload model ${modelId} after a restart: ${error.message}`);
-      }
-    }
+    await this.loaded.reloadInto(client, signal);
     return client;
   }
 
-  /** Run `attempt`; on a worker timeout, check the sidecar still answers, then try again. */
-  private async withRetries<T>(what: string, attempt: (client: SidecarClient) => Promise<T>): Promise<T> {
+  /**
+   * Run `attempt`; on a worker timeout, check the sidecar still answers, then try again. When
+   * `signal` fires while a sidecar starts, stop waiting for it (ABORTED).
+   */
+  private async withRetries<T>(
+    what: string,
+    signal: AbortSignal,
+    attempt: (client: SidecarClient) => Promise<T>,
+  ): Promise<T> {
     const attempts = this.maxAttempts;
     let lastTimeout: WorkerTimeoutError | undefined;
     for (let number = 1; number <= attempts; number++) {
       let client: SidecarClient | undefined;
       try {
-        client = await this.supervisor.acquire();
+        client = await beforeAbort(this.supervisor.acquire(), signal, what);
         return await this.restartIfCancelHangs(client, attempt(client));
       } catch (error) {
         if (!(error instanceof WorkerTimeoutError)) throw error;
@@ -339,12 +341,16 @@ export class LlmService {
     throw timedOutError(what, attempts, lastTimeout);
   }
 
-  /** `call`; when it was cancelled and the sidecar did not answer the cancel, see whether the sidecar hangs. */
+  /**
+   * `call`; when it was cancelled and the sidecar did not answer the cancel, or its stream stalled,
+   * see whether the sidecar hangs.
+   */
   private async restartIfCancelHangs<T>(client: SidecarClient, call: Promise<T>): Promise<T> {
     try {
       return await call;
     } catch (error) {
-      if (error instanceof CancelTimeoutError) await this.restartIfHung(client, error.timeoutMs);
+      if (error instanceof CancelTimeoutError || error instanceof StreamIdleTimeoutError)
+        await this.restartIfHung(client, error.timeoutMs);
       throw error;
     }
   }

@@ -3,7 +3,8 @@
  *
  * Prompt options use the protocol's camelCase names; a few node-llama-cpp
  * names users already know are accepted too (`customStopTriggers`,
- * `systemPrompt`, `repeatPenalty: {penalty}`). Other node-llama-cpp names are
+ * `systemPrompt`, `repeatPenalty: {penalty}`, `onTextChunk`; `loadModel`'s
+ * `onLoadProgress` and `loadSignal`). Other node-llama-cpp names are
  * typed (deprecated), so that old calls compile; like any unknown name, they
  * are reported to the logger and left out, so an old call keeps working
  * instead of being refused by the sidecar's strict params check. It knows
@@ -12,6 +13,7 @@
 
 import type { Logger } from './log.js';
 import type { ChatMessage, CountTokensParams, GenerationParams, LoadModelParams } from './protocol-types.js';
+import type { LoadOptions } from './service-options.js';
 
 /**
  * node-llama-cpp's model and context options that the sidecar does not take: typed so that an old
@@ -28,10 +30,6 @@ export interface IgnoredLoadOptions {
   lora?: unknown;
   /** @deprecated Ignored (a warning is logged). */
   ignoreMemorySafetyChecks?: boolean;
-  /** @deprecated Ignored (a warning is logged): pass it in `loadModel`'s second argument. */
-  onLoadProgress?: (progress: number) => void;
-  /** @deprecated Ignored (a warning is logged): pass `signal` in `loadModel`'s second argument. */
-  loadSignal?: AbortSignal;
   /** @deprecated Ignored (a warning is logged). */
   defaultContextFlashAttention?: boolean;
   /** @deprecated Ignored (a warning is logged). */
@@ -58,9 +56,21 @@ export interface NodeLlamaCppLoadValues {
   contextSize?: number | 'auto';
 }
 
+/**
+ * node-llama-cpp's progress and cancel of a load, in the options object: the same as
+ * `onLoadProgress` and `signal` in `loadModel`'s second argument, which win when both are given.
+ */
+export interface NodeLlamaCppLoadCallbacks {
+  /** The load's progress, 0 to 1 (see `LoadOptions.onLoadProgress`). */
+  onLoadProgress?: (progress: number) => void;
+  /** Cancels the load (see `LoadOptions.signal`). */
+  loadSignal?: AbortSignal;
+}
+
 /** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names, and values), and node-llama-cpp's others. */
 export type LoadModelOptions = Omit<LoadModelParams, keyof NodeLlamaCppLoadValues> &
   NodeLlamaCppLoadValues &
+  NodeLlamaCppLoadCallbacks &
   IgnoredLoadOptions;
 
 /** node-llama-cpp's `repeatPenalty` object: only `penalty` has a counterpart in the sidecar. */
@@ -83,8 +93,6 @@ export interface RepeatPenaltyOptions {
  * compiles; at run time they are left out, with a logged warning.
  */
 export interface IgnoredPromptOptions {
-  /** @deprecated Ignored (a warning is logged): use `promptStream`'s `onChunk`. */
-  onTextChunk?: (text: string) => void;
   /** @deprecated Ignored (a warning is logged). */
   onToken?: (tokens: number[]) => void;
   /** @deprecated Ignored (a warning is logged): a cancelled prompt always resolves with the text so far. */
@@ -137,6 +145,8 @@ export interface PromptOptions extends IgnoredPromptOptions {
   requestId?: string;
   /** This call's worker timeout, instead of the service's `workerTimeoutMs`. */
   timeoutMs?: number;
+  /** node-llama-cpp's: the text of each chunk, as it comes (`prompt` too runs as a stream); after `onChunk`. */
+  onTextChunk?: (text: string) => void;
 }
 
 /**
@@ -148,7 +158,7 @@ export type SessionPromptOptions = Omit<PromptOptions, 'messages' | 'systemPromp
 /** Sampling options sent as they are, under the same name. */
 const SAMPLING_KEYS = ['maxTokens', 'temperature', 'topK', 'topP', 'minP', 'seed', 'grammar', 'jsonSchema'] as const;
 /** Options of the call itself, not sent to the sidecar. */
-const CALL_KEYS = ['signal', 'requestId', 'timeoutMs'] as const;
+const CALL_KEYS = ['signal', 'requestId', 'timeoutMs', 'onTextChunk'] as const;
 const SESSION_PROMPT_KEYS = new Set<string>([
   ...SAMPLING_KEYS,
   ...CALL_KEYS,
@@ -159,7 +169,9 @@ const SESSION_PROMPT_KEYS = new Set<string>([
 const PROMPT_KEYS = new Set<string>([...SESSION_PROMPT_KEYS, 'modelId', 'messages', 'systemPrompt', 'raw']);
 /** `loadModel`'s options sent as they are. */
 const PASSED_LOAD_KEYS = ['modelPath', 'modelId', 'threads', 'batchSize', 'useMmap', 'seed'] as const;
-const LOAD_KEYS = new Set<string>([...PASSED_LOAD_KEYS, 'contextSize', 'gpuLayers']);
+/** `loadModel`'s options the service takes (the callbacks), not sent either. */
+const LOAD_CALL_KEYS = ['onLoadProgress', 'loadSignal'] as const;
+const LOAD_KEYS = new Set<string>([...PASSED_LOAD_KEYS, ...LOAD_CALL_KEYS, 'contextSize', 'gpuLayers']);
 /**
  * gpuLayers `'max'`: the maximum protocol/schema/methods/loadModel.json allows, more layers than any
  * model has, so llama.cpp offloads them all.
@@ -251,6 +263,21 @@ export function loadModelParams(pathOrOptions: string | LoadModelOptions, logger
   if (gpuLayers === 'max') params.gpuLayers = ALL_GPU_LAYERS;
   noteAuto(pathOrOptions, logger);
   return params;
+}
+
+/**
+ * `loadModel`'s call options: its second argument, with node-llama-cpp's `onLoadProgress` and
+ * `loadSignal` from the options object where the second argument has none.
+ */
+export function loadCallOptions(pathOrOptions: string | LoadModelOptions, options: LoadOptions): LoadOptions {
+  if (typeof pathOrOptions === 'string') return options;
+  const onLoadProgress = options.onLoadProgress ?? pathOrOptions.onLoadProgress;
+  const signal = options.signal ?? pathOrOptions.loadSignal;
+  return {
+    ...options,
+    ...(onLoadProgress === undefined ? {} : { onLoadProgress }),
+    ...(signal === undefined ? {} : { signal }),
+  };
 }
 
 /** Log which options were node-llama-cpp's `'auto'`, left to the sidecar's default. */

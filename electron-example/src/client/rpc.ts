@@ -4,8 +4,9 @@
  * Each request gets an integer id and waits for the response with that id; a
  * notification whose params carry the `requestId` of a pending request
  * (`streamChunk`, `downloadProgress`, any later one) goes to that request's
- * `onNotification`, whatever its method. A timeout or an abandoned request
- * sends `cancel` and rejects at once; an AbortSignal sends `cancel` and keeps
+ * `onNotification`, whatever its method. A timeout (no response; for a
+ * stream, no first chunk, or no next chunk: `StreamTimers`) or an abandoned
+ * request sends `cancel` and rejects at once; an AbortSignal sends `cancel` and keeps
  * waiting, because the sidecar answers a cancelled prompt or download with its
  * partial result — for a bounded grace time, so that a stuck sidecar cannot
  * hold a cancelled call forever. When the channel closes, every pending call
@@ -17,8 +18,9 @@
  * most of what this layer does; the id bookkeeping it would save is a Map.
  */
 
-import { CancelTimeoutError, LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
+import { abortedError, CancelTimeoutError, LLMServiceError, sidecarExitedError, WorkerTimeoutError } from './errors.js';
 import { defaultLogger, type Logger } from './log.js';
+import { type StreamLimits, StreamTimers } from './stream-bounds.js';
 import type { CloseEvent, Transport } from './transport.js';
 
 export interface RequestOptions {
@@ -32,6 +34,11 @@ export interface RequestOptions {
    * for a caller that bounds the wait itself and wants a late answer.
    */
   readonly cancelGraceMs?: number | undefined;
+  /**
+   * What this call's errors call it (default: the method): a caller whose own method runs as
+   * another one (`prompt` as `promptStream`) names its own.
+   */
+  readonly callName?: string | undefined;
 }
 
 /**
@@ -41,10 +48,12 @@ export interface RequestOptions {
  */
 export const DEFAULT_CANCEL_GRACE_MS = 5000;
 
-export interface StreamOptions extends RequestOptions {
-  /** Reject with `WorkerTimeoutError` (and cancel) when no notification for the request (a chunk) arrives in time. */
-  readonly firstChunkTimeoutMs?: number | undefined;
-}
+/**
+ * `firstChunkTimeoutMs`: reject with `WorkerTimeoutError` (and cancel) when no notification for the
+ * request (a chunk) arrives in time; `idleTimeoutMs`: reject with `StreamIdleTimeoutError` (and
+ * cancel) when, after one, the next does not arrive in time.
+ */
+export interface StreamOptions extends RequestOptions, StreamLimits {}
 
 /** Receives one notification about a request: its method and params (which hold the request's id as `requestId`). */
 export type NotificationHandler = (method: string, params: Record<string, unknown>) => void;
@@ -61,12 +70,13 @@ export interface CallOptions extends StreamOptions {
 type Outcome = { readonly result: unknown } | { readonly error: unknown };
 
 interface PendingCall {
-  readonly method: string;
+  /** The method, or the name the caller gave the call. */
+  readonly name: string;
   readonly resolve: (result: unknown) => void;
   readonly reject: (error: unknown) => void;
   readonly onNotification: NotificationHandler | undefined;
   readonly cleanups: (() => void)[];
-  firstChunkTimer?: NodeJS.Timeout;
+  stream?: StreamTimers;
 }
 
 export class RpcConnection {
@@ -102,12 +112,11 @@ export class RpcConnection {
   /** Send a request; resolves with its `result`, rejects with an `LLMServiceError`. */
   request(method: string, params: object | undefined, options: CallOptions = {}): Promise<unknown> {
     if (this.closedError !== undefined) return Promise.reject(this.closedError);
-    if (options.signal?.aborted) {
-      return Promise.reject(new LLMServiceError('ABORTED', `${method} was aborted before it was sent.`));
-    }
+    const name = options.callName ?? method;
+    if (options.signal?.aborted) return Promise.reject(abortedError(name));
     const id = this.nextId++;
     const result = new Promise<unknown>((resolve, reject) => {
-      const call: PendingCall = { method, resolve, reject, onNotification: options.onNotification, cleanups: [] };
+      const call: PendingCall = { name, resolve, reject, onNotification: options.onNotification, cleanups: [] };
       this.pending.set(id, call);
       this.armTimers(id, call, options);
     });
@@ -127,25 +136,30 @@ export class RpcConnection {
   }
 
   private armTimers(id: number, call: PendingCall, options: StreamOptions): void {
-    const { timeoutMs, firstChunkTimeoutMs, signal, cancelGraceMs = DEFAULT_CANCEL_GRACE_MS } = options;
-    const after = (ms: number, fire: () => void): NodeJS.Timeout => {
+    const { timeoutMs, firstChunkTimeoutMs, idleTimeoutMs, signal, cancelGraceMs = DEFAULT_CANCEL_GRACE_MS } = options;
+    const after = (ms: number, fire: () => void): void => {
       const timer = setTimeout(fire, ms);
       call.cleanups.push(() => clearTimeout(timer));
-      return timer;
     };
-    const giveUpAfter = (ms: number, what: string): NodeJS.Timeout =>
-      after(ms, () => this.abandon(id, new WorkerTimeoutError(`${call.method} ${what} within ${ms} ms.`, ms)));
-    if (timeoutMs !== undefined) giveUpAfter(timeoutMs, 'got no response');
-    if (firstChunkTimeoutMs !== undefined)
-      call.firstChunkTimer = giveUpAfter(firstChunkTimeoutMs, 'sent no first chunk');
+    if (timeoutMs !== undefined)
+      after(timeoutMs, () =>
+        this.abandon(id, new WorkerTimeoutError(`${call.name} got no response within ${timeoutMs} ms.`, timeoutMs)),
+      );
+    if (firstChunkTimeoutMs !== undefined || idleTimeoutMs !== undefined) {
+      // They stop when the signal fires: from then on the grace bounds the wait (a first-chunk
+      // timeout would retry a cancelled call).
+      const stream = new StreamTimers(call.name, { firstChunkTimeoutMs, idleTimeoutMs }, signal, (error) =>
+        this.abandon(id, error),
+      );
+      call.stream = stream;
+      call.cleanups.push(stream.stop);
+    }
     if (signal !== undefined) {
       const onAbort = (): void => {
         this.notify('cancel', { requestId: id });
-        // From now on the grace bounds the wait: a first-chunk timeout would retry a cancelled call.
-        clearTimeout(call.firstChunkTimer);
         // The cancel was sent already: no second one, just stop waiting for its answer.
         if (Number.isFinite(cancelGraceMs))
-          after(cancelGraceMs, () => this.settle(id, { error: new CancelTimeoutError(call.method, cancelGraceMs) }));
+          after(cancelGraceMs, () => this.settle(id, { error: new CancelTimeoutError(call.name, cancelGraceMs) }));
       };
       signal.addEventListener('abort', onAbort, { once: true });
       call.cleanups.push(() => signal.removeEventListener('abort', onAbort));
@@ -187,7 +201,7 @@ export class RpcConnection {
     // Notifications of an abandoned request find no call: it was rejected already.
     const call = this.pending.get(requestId);
     if (call === undefined) return;
-    clearTimeout(call.firstChunkTimer);
+    call.stream?.chunk();
     try {
       call.onNotification?.(method, params);
     } catch (error) {

@@ -20,6 +20,12 @@ export interface LlmServiceOptions {
    * and prompt processing, but not generation: a long reply never times out once it has begun.
    */
   readonly workerTimeoutMs?: number;
+  /**
+   * A stream (any prompt) that sent chunks, then none for this long, is stalled: it is cancelled and
+   * rejects with `StreamIdleTimeoutError` (code TIMEOUT), not retried; a sidecar that then fails a
+   * ping is restarted (default 60 s; 0 turns it off). Independent of `workerTimeoutMs`.
+   */
+  readonly streamIdleTimeoutMs?: number;
   /** Tries per call when the worker times out, the first included (default 2). */
   readonly maxAttempts?: number;
   /** Spawn until `initialize` is answered (default 30 s). */
@@ -39,6 +45,19 @@ export interface LlmServiceOptions {
 }
 
 export type StreamPrompt = string | { readonly text: string };
+
+/** `LlmService.createSession`'s options. */
+export interface ChatSessionOptions {
+  /** The model (a loaded model's id); the default (latest loaded) one when absent. It needs a chat template. */
+  readonly modelId?: string;
+  /** The first message of every prompt of the session; never dropped from it. */
+  readonly systemPrompt?: string;
+  /**
+   * Tokens the session's prompt and reply may take together, at most the model's context size (the
+   * default). Past it the oldest turns are left out of the prompt (`droppedMessages` counts them).
+   */
+  readonly contextSize?: number;
+}
 
 /** `loadModel`'s second argument. */
 export interface LoadOptions {

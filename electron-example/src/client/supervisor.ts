@@ -7,9 +7,11 @@
  * `maxRestarts` crashes in the window calls fail with `RESTART_LIMIT` until
  * the window has passed. What a fresh sidecar needs (models) is the `start`
  * callback's business; this module knows when to start, not what to load.
+ * `dispose` ends a backoff wait at once, and a start on its way (through the
+ * signal `start` gets) before it loads anything more.
  */
 
-import { LLMServiceError } from './errors.js';
+import { disposedError, LLMServiceError } from './errors.js';
 import type { Logger } from './log.js';
 import type { SidecarClient } from './sidecar-client.js';
 
@@ -34,16 +36,19 @@ export class Supervisor {
   private starting: Promise<SidecarClient> | undefined;
   private crashes: number[] = [];
   private disposed = false;
+  /** Fires on `dispose`: ends the backoff wait, and tells `start` to stop. */
+  private readonly disposing = new AbortController();
 
   constructor(
-    private readonly start: () => Promise<SidecarClient>,
+    /** Start a sidecar and make it ready; when `signal` fires, close it and throw (the service was disposed). */
+    private readonly start: (signal: AbortSignal) => Promise<SidecarClient>,
     private readonly policy: RestartPolicy,
     private readonly logger: Logger,
   ) {}
 
   /** The running client, starting (or restarting) the sidecar first if needed. */
   acquire(): Promise<SidecarClient> {
-    if (this.disposed) return Promise.reject(new LLMServiceError('CLOSED', 'The LLM service was disposed.'));
+    if (this.disposed) return Promise.reject(disposedError());
     this.noteExit(this.client);
     if (this.client !== undefined) return Promise.resolve(this.client);
     this.starting ??= this.startAfterBackoff().finally(() => {
@@ -58,6 +63,11 @@ export class Supervisor {
     return this.client;
   }
 
+  /** True when no sidecar runs or starts (and the service was not disposed): a call would start one. */
+  get idle(): boolean {
+    return !this.disposed && this.current === undefined && this.starting === undefined;
+  }
+
   /** Kill a client that stopped answering; the next `acquire` starts a new one. */
   async discard(client: SidecarClient): Promise<void> {
     if (this.client !== client) return;
@@ -69,6 +79,7 @@ export class Supervisor {
   /** Shut the sidecar down gracefully; later calls fail with CLOSED. */
   async dispose(): Promise<void> {
     this.disposed = true;
+    this.disposing.abort();
     const client = this.client ?? (await this.starting?.catch(() => undefined));
     this.client = undefined;
     await client?.close();
@@ -83,18 +94,19 @@ export class Supervisor {
     }
     if (delay > 0) {
       this.logger('info', `restarting the sidecar in ${delay} ms`);
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      await sleep(delay, this.disposing.signal);
     }
+    if (this.disposed) throw disposedError();
     let client: SidecarClient;
     try {
-      client = await this.start();
+      client = await this.start(this.disposing.signal);
     } catch (error) {
       this.crashes.push(Date.now());
       throw error;
     }
     if (this.disposed) {
       await client.close();
-      throw new LLMServiceError('CLOSED', 'The LLM service was disposed.');
+      throw disposedError();
     }
     this.watch(client);
     return client;
@@ -134,4 +146,17 @@ export class Supervisor {
     const sinceLastCrash = now - (this.crashes[count - 1] ?? now);
     return Math.max(backoff - sinceLastCrash, 0);
   }
+}
+
+/** Wait `ms`, or until `signal` fires. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, signal.aborted ? 0 : ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
