@@ -161,6 +161,34 @@ test('the page has a strict Content-Security-Policy and no inline script', () =>
   assert.doesNotMatch(html, /\son[a-z]+=/i, 'no inline event handlers');
 });
 
+type IpcOptions = Parameters<typeof registerLlmIpc>[1];
+
+const APP_URL = 'file:///app/index.html';
+const TRUSTED: InvokeEvent = { senderFrame: { url: APP_URL } };
+/** What a chat session's promptStream resolves with once the reply is done. */
+const FINISHED_REPLY = {
+  text: '',
+  finishReason: 'stop',
+  usage: { promptTokens: 1, completionTokens: 0 },
+  timings: { ttftMs: 0, promptMs: 0, decodeMs: 0, tokensPerSecond: 0 },
+} as never;
+
+/** Main's IPC for the app page at APP_URL, over `service`. */
+function registerForTheAppPage(
+  ipc: Parameters<typeof registerLlmIpc>[0],
+  service: IpcOptions['service'],
+  emit: IpcOptions['emit'],
+): () => void {
+  return registerLlmIpc(ipc, {
+    service,
+    model: 'default',
+    systemPrompt: 'be nice',
+    sampling: { maxTokens: 8 },
+    emit,
+    isTrustedSender: (e) => e.senderFrame?.url === APP_URL,
+  });
+}
+
 test('main validates every IPC argument and the sending frame', async () => {
   const ipc = fakeIpcMain();
   const sent: [string, unknown][] = [];
@@ -168,12 +196,7 @@ test('main validates every IPC argument and the sending frame', async () => {
   const session = {
     promptStream: async (text: string, _onChunk: unknown, options: unknown) => {
       sent.push([text, options]);
-      return {
-        text: '',
-        finishReason: 'stop',
-        usage: { promptTokens: 1, completionTokens: 0 },
-        timings: { ttftMs: 0, promptMs: 0, decodeMs: 0, tokensPerSecond: 0 },
-      } as never;
+      return FINISHED_REPLY;
     },
     reset: async () => (calls.push('reset'), {}) as never,
     getHistory: async () => [{ role: 'user', content: 'hi', extra: 'not passed on' }] as never,
@@ -188,40 +211,31 @@ test('main validates every IPC argument and the sending frame', async () => {
     createSession: async (options: unknown) => (calls.push(`createSession ${JSON.stringify(options)}`), session),
   };
   const events: LlmEvent[] = [];
-  const appUrl = 'file:///app/index.html';
-  const unregister = registerLlmIpc(ipc, {
-    service,
-    model: 'default',
-    systemPrompt: 'be nice',
-    sampling: { maxTokens: 8 },
-    emit: (event) => events.push(event),
-    isTrustedSender: (e) => e.senderFrame?.url === appUrl,
-  });
-  const trusted: InvokeEvent = { senderFrame: { url: appUrl } };
+  const unregister = registerForTheAppPage(ipc, service, (event) => events.push(event));
 
   const rejected: [string, InvokeEvent, unknown[]][] = [
     [CHANNELS.loadDefaultModel, { senderFrame: { url: 'https://evil.example/' } }, []],
     [CHANNELS.send, { senderFrame: { url: 'https://evil.example/' } }, ['hi']],
     [CHANNELS.send, { senderFrame: null }, ['hi']],
-    [CHANNELS.send, trusted, ['hi']], // the model is not loaded yet
-    [CHANNELS.loadDefaultModel, trusted, ['/etc/passwd']],
+    [CHANNELS.send, TRUSTED, ['hi']], // the model is not loaded yet
+    [CHANNELS.loadDefaultModel, TRUSTED, ['/etc/passwd']],
   ];
   const rejectedOnceLoaded: [string, InvokeEvent, unknown[]][] = [
     [CHANNELS.send, { senderFrame: { url: 'https://evil.example/' } }, ['hi']],
     [CHANNELS.newChat, { senderFrame: { url: 'https://evil.example/' } }, []],
     [CHANNELS.history, { senderFrame: null }, []],
-    [CHANNELS.send, trusted, []],
-    [CHANNELS.send, trusted, [[{ role: 'user', content: 'hi' }]]],
-    [CHANNELS.send, trusted, [{ text: 'hi', maxTokens: 1e9 }]],
-    [CHANNELS.send, trusted, [42]],
-    [CHANNELS.send, trusted, ['   ']],
-    [CHANNELS.send, trusted, ['x'.repeat(LIMITS.messageChars + 1)]],
-    [CHANNELS.send, trusted, ['hi', 'extra']],
-    [CHANNELS.stop, trusted, ['1']],
-    [CHANNELS.stop, trusted, [0]],
-    [CHANNELS.stop, trusted, [1.5]],
-    [CHANNELS.newChat, trusted, ['everything']],
-    [CHANNELS.history, trusted, [1]],
+    [CHANNELS.send, TRUSTED, []],
+    [CHANNELS.send, TRUSTED, [[{ role: 'user', content: 'hi' }]]],
+    [CHANNELS.send, TRUSTED, [{ text: 'hi', maxTokens: 1e9 }]],
+    [CHANNELS.send, TRUSTED, [42]],
+    [CHANNELS.send, TRUSTED, ['   ']],
+    [CHANNELS.send, TRUSTED, ['x'.repeat(LIMITS.messageChars + 1)]],
+    [CHANNELS.send, TRUSTED, ['hi', 'extra']],
+    [CHANNELS.stop, TRUSTED, ['1']],
+    [CHANNELS.stop, TRUSTED, [0]],
+    [CHANNELS.stop, TRUSTED, [1.5]],
+    [CHANNELS.newChat, TRUSTED, ['everything']],
+    [CHANNELS.history, TRUSTED, [1]],
   ];
   const expectRejected = async (cases: [string, InvokeEvent, unknown[]][]): Promise<void> => {
     for (const [channel, event, args] of cases) {
@@ -233,8 +247,8 @@ test('main validates every IPC argument and the sending frame', async () => {
     }
   };
   await expectRejected(rejected);
-  assert.deepEqual(await ipc.call(CHANNELS.history, trusted), [], 'no chat before the model is loaded');
-  assert.deepEqual(await ipc.call(CHANNELS.loadDefaultModel, trusted), { state: 'ready', modelName: 'm' });
+  assert.deepEqual(await ipc.call(CHANNELS.history, TRUSTED), [], 'no chat before the model is loaded');
+  assert.deepEqual(await ipc.call(CHANNELS.loadDefaultModel, TRUSTED), { state: 'ready', modelName: 'm' });
   assert.deepEqual(
     events.map((e) => (e.type === 'model' ? e.model : e)),
     [
@@ -248,15 +262,15 @@ test('main validates every IPC argument and the sending frame', async () => {
   await expectRejected(rejectedOnceLoaded);
   assert.equal(sent.length, 0, 'nothing invalid reached the session');
 
-  assert.equal(await ipc.call(CHANNELS.send, trusted, 'hi'), 1);
+  assert.equal(await ipc.call(CHANNELS.send, TRUSTED, 'hi'), 1);
   assert.deepEqual(
     sent.map(([text]) => text),
     ['hi'],
   );
   assert.equal((sent[0]?.[1] as { maxTokens: number }).maxTokens, 8, 'sampling comes from main, not the page');
-  assert.equal(await ipc.call(CHANNELS.stop, trusted, 99), false);
-  assert.deepEqual(await ipc.call(CHANNELS.history, trusted), [{ role: 'user', content: 'hi' }]);
-  assert.equal(await ipc.call(CHANNELS.newChat, trusted), undefined);
+  assert.equal(await ipc.call(CHANNELS.stop, TRUSTED, 99), false);
+  assert.deepEqual(await ipc.call(CHANNELS.history, TRUSTED), [{ role: 'user', content: 'hi' }]);
+  assert.equal(await ipc.call(CHANNELS.newChat, TRUSTED), undefined);
   unregister();
   assert.deepEqual(calls.slice(1), ['reset', 'close']);
 });
@@ -269,12 +283,7 @@ test('one reply streams at a time: a send while one streams is refused, and take
     promptStream: async (text: string) => {
       sent.push(text);
       await new Promise<void>((resolve) => (finish = resolve));
-      return {
-        text: '',
-        finishReason: 'stop',
-        usage: { promptTokens: 1, completionTokens: 0 },
-        timings: { ttftMs: 0, promptMs: 0, decodeMs: 0, tokensPerSecond: 0 },
-      } as never;
+      return FINISHED_REPLY;
     },
     reset: async () => ({}) as never,
     getHistory: async () => [] as never,
@@ -284,22 +293,13 @@ test('one reply streams at a time: a send while one streams is refused, and take
     loadModel: async () => ({ modelId: 'm' }) as never,
     createSession: async () => session,
   };
-  const appUrl = 'file:///app/index.html';
-  const unregister = registerLlmIpc(ipc, {
-    service,
-    model: 'default',
-    systemPrompt: 'be nice',
-    sampling: { maxTokens: 8 },
-    emit: () => {},
-    isTrustedSender: (e) => e.senderFrame?.url === appUrl,
-  });
-  const trusted: InvokeEvent = { senderFrame: { url: appUrl } };
-  await ipc.call(CHANNELS.loadDefaultModel, trusted);
-  assert.equal(await ipc.call(CHANNELS.send, trusted, 'one'), 1);
-  await assert.rejects(ipc.call(CHANNELS.send, trusted, 'two'), /still streaming/);
+  const unregister = registerForTheAppPage(ipc, service, () => {});
+  await ipc.call(CHANNELS.loadDefaultModel, TRUSTED);
+  assert.equal(await ipc.call(CHANNELS.send, TRUSTED, 'one'), 1);
+  await assert.rejects(ipc.call(CHANNELS.send, TRUSTED, 'two'), /still streaming/);
   finish();
   await new Promise((resolve) => setTimeout(resolve, 10));
-  assert.equal(await ipc.call(CHANNELS.send, trusted, 'three'), 2);
+  assert.equal(await ipc.call(CHANNELS.send, TRUSTED, 'three'), 2);
   finish();
   assert.deepEqual(sent, ['one', 'three']);
   unregister();

@@ -53,9 +53,8 @@ export class LLMServiceError extends Error {
   }
 }
 
-/** No response, or no first stream chunk, within the allowed time. */
-export class WorkerTimeoutError extends LLMServiceError {
-  override readonly name: string = 'WorkerTimeoutError';
+/** A time limit ran out (code `TIMEOUT`, `data: {timeoutMs}`); the subclasses say which one. */
+export abstract class TimeLimitError extends LLMServiceError {
   readonly timeoutMs: number;
 
   constructor(message: string, timeoutMs: number) {
@@ -64,19 +63,21 @@ export class WorkerTimeoutError extends LLMServiceError {
   }
 }
 
+/** No response, or no first stream chunk, within the allowed time. */
+export class WorkerTimeoutError extends TimeLimitError {
+  override readonly name: string = 'WorkerTimeoutError';
+}
+
 /**
  * A call whose signal fired, but whose answer (for a prompt: the cancelled result) did not come
  * within the grace time after the `cancel`: the sidecar is alive but stuck, or gone silent. Not a
  * `WorkerTimeoutError`: a call its caller cancelled is never tried again.
  */
-export class CancelTimeoutError extends LLMServiceError {
+export class CancelTimeoutError extends TimeLimitError {
   override readonly name: string = 'CancelTimeoutError';
-  readonly timeoutMs: number;
 
   constructor(method: string, timeoutMs: number) {
-    const message = `${method} was cancelled, but the sidecar did not answer within ${timeoutMs} ms of the cancel.`;
-    super('TIMEOUT', message, { timeoutMs });
-    this.timeoutMs = timeoutMs;
+    super(`${method} was cancelled, but the sidecar did not answer within ${timeoutMs} ms of the cancel.`, timeoutMs);
   }
 }
 
@@ -84,13 +85,11 @@ export class CancelTimeoutError extends LLMServiceError {
  * A stream that sent chunks, then none for `timeoutMs`: the call is cancelled and rejects (code
  * `TIMEOUT`). Not a `WorkerTimeoutError`: part of the reply was delivered, so it is not tried again.
  */
-export class StreamIdleTimeoutError extends LLMServiceError {
+export class StreamIdleTimeoutError extends TimeLimitError {
   override readonly name: string = 'StreamIdleTimeoutError';
-  readonly timeoutMs: number;
 
   constructor(method: string, timeoutMs: number) {
-    super('TIMEOUT', `${method} stalled: no chunk within ${timeoutMs} ms of the one before.`, { timeoutMs });
-    this.timeoutMs = timeoutMs;
+    super(`${method} stalled: no chunk within ${timeoutMs} ms of the one before.`, timeoutMs);
   }
 }
 

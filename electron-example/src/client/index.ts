@@ -10,7 +10,13 @@
 
 export type { PromptHandle } from './cancellers.js';
 export { ChatSession } from './chat-session.js';
-export { CancelTimeoutError, LLMServiceError, StreamIdleTimeoutError, WorkerTimeoutError } from './errors.js';
+export {
+  CancelTimeoutError,
+  LLMServiceError,
+  StreamIdleTimeoutError,
+  TimeLimitError,
+  WorkerTimeoutError,
+} from './errors.js';
 export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
