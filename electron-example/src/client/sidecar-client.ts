@@ -59,10 +59,10 @@ import {
 import type { CloseEvent, Transport } from './transport.js';
 
 /**
- * 1.1 added sessions, `loadProgress` and a cancellable `loadModel`. A 1.0 sidecar accepts it too
- * (same major), and answers the 1.1 methods with MethodNotFound.
+ * 1.1 added sessions, `loadProgress` and a cancellable `loadModel`; 1.2 the model's `backend`.
+ * A 1.0 sidecar accepts it too (same major), and answers the 1.1 methods with MethodNotFound.
  */
-export const PROTOCOL_VERSION = '1.1';
+export const PROTOCOL_VERSION = '1.2';
 
 export interface SidecarClientOptions {
   readonly logger?: Logger;
