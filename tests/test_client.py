@@ -23,6 +23,7 @@ from sidecar.errors import ModelFileNotFound
 from sidecar.model_paths import INSTALL_HINT, default_model_path
 
 from .harness import ROOT
+from .tiny_model import LETTERS_FOREVER
 
 
 @pytest.fixture
@@ -64,7 +65,8 @@ def test_sessions_through_the_client(client: SidecarClient) -> None:
 
 
 def test_a_killed_sidecar_fails_pending_calls_at_once(client: SidecarClient) -> None:
-    stream = client.prompt_stream("hello", temperature=0)
+    # A chunk a token, until the context is full: the random model's own text may show nothing.
+    stream = client.prompt_stream("hello", temperature=0, grammar=LETTERS_FOREVER)
     next(iter(stream))
     killed = time.monotonic()
     client.process.kill()
@@ -153,7 +155,8 @@ def test_a_cancel_token_cancels_a_load_from_its_progress_callback(
 
 def test_a_cancel_token_stops_a_stream_and_a_prompt(client: SidecarClient) -> None:
     token = CancelToken()
-    stream = client.prompt_stream("hello", temperature=0, cancel=token)  # until the context is full
+    # A chunk a token, until the context is full: the random model's own text may show nothing.
+    stream = client.prompt_stream("hello", temperature=0, grammar=LETTERS_FOREVER, cancel=token)
     for _chunk in stream:
         token.cancel()
     assert stream.result()["finishReason"] == "cancelled"

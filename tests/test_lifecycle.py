@@ -14,8 +14,10 @@ import pytest
 from sidecar.settings import PARENT_PID_ENV
 
 from .harness import ROOT, RawSidecar
+from .tiny_model import LETTERS_FOREVER
 
-LONG_STREAM = {"prompt": "hello", "temperature": 0}
+# A chunk a token until the context is full: the random model's own text may show nothing.
+LONG_STREAM = {"prompt": "hello", "temperature": 0, "grammar": LETTERS_FOREVER}
 
 
 def _streaming(sidecar: RawSidecar, tiny_model: Path) -> int:

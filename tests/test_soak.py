@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from .harness import RawSidecar
+from .tiny_model import LETTERS_FOREVER
 
 pytestmark = pytest.mark.slow
 CYCLES = 1000
@@ -45,7 +46,9 @@ def test_load_unload_cycles_keep_memory_flat(sidecar: RawSidecar, tiny_model: Pa
 
 def test_cancelled_streams_keep_memory_flat(loaded: RawSidecar) -> None:
     def cycle() -> None:
-        request_id = loaded.send_request("promptStream", {"prompt": "hello", "temperature": 0})
+        # A chunk a token (the random model's own text may show nothing), without end.
+        params = {"prompt": "hello", "temperature": 0, "grammar": LETTERS_FOREVER}
+        request_id = loaded.send_request("promptStream", params)
         first = loaded.next_message()  # cancelled mid-generation, not while still queued
         assert first["method"] == "streamChunk" and first["params"]["requestId"] == request_id
         assert not first["params"]["isFinal"]

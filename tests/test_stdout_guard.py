@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .harness import RawSidecar
+from .tiny_model import LETTERS_FOREVER
 
 KINDS = (b"os-write", b"print", b"native")
 GUARDED = b"fd 1 moved before llama_cpp was imported"
@@ -108,7 +109,9 @@ def test_noise_on_fd_1_while_loading_and_streaming_goes_to_stderr(
     noisy.initialize()
     for round_number in range(3):
         noisy.request("loadModel", {"modelPath": str(tiny_model), "modelId": f"m{round_number}"})
-    stream = noisy.send_request("promptStream", {"prompt": "hello", "maxTokens": 60, "temperature": 0})
+    # A chunk a token: the random model's own text may show nothing.
+    params = {"prompt": "hello", "maxTokens": 60, "temperature": 0, "grammar": LETTERS_FOREVER}
+    stream = noisy.send_request("promptStream", params)
     pings = [noisy.send_request("ping") for _ in range(20)]  # answered from the loop thread meanwhile
     chunks, response = noisy.collect_stream(stream)
     assert response["result"]["finishReason"] == "length" and len(chunks) > 10

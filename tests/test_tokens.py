@@ -10,7 +10,7 @@ from pathlib import Path
 import gguf
 
 from .harness import RawSidecar
-from .tiny_model import write_tiny_model
+from .tiny_model import LETTERS_FOREVER, write_tiny_model
 
 
 def test_count_tokens_equals_what_a_prompt_evaluates(loaded: RawSidecar) -> None:
@@ -27,7 +27,9 @@ def test_tokenize_then_detokenize_gives_the_text_back(loaded: RawSidecar) -> Non
 
 
 def test_token_methods_answer_while_the_model_generates(loaded: RawSidecar) -> None:
-    stream = loaded.send_request("promptStream", {"prompt": "hello", "temperature": 0})
+    # A chunk a token until the context is full: the random model's own text may show nothing.
+    params = {"prompt": "hello", "temperature": 0, "grammar": LETTERS_FOREVER}
+    stream = loaded.send_request("promptStream", params)
     assert loaded.next_message()["method"] == "streamChunk"
     started = time.monotonic()
     assert loaded.request("countTokens", {"prompt": "hello"})["promptTokens"] > 1

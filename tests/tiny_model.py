@@ -4,6 +4,12 @@ Used by the Python and TypeScript test suites and the benchmarks: no download,
 a few hundred KB, loads in milliseconds. The vocabulary has byte-fallback
 tokens, so the random model emits arbitrary bytes (good for UTF-8 edge cases).
 
+What a random model writes depends on floating-point details that differ between
+CPUs and llama.cpp builds, so a test may rely only on what holds by construction:
+the default model never ends under greedy decoding (proved on its weights by
+``tests/test_tiny_model.py``), ``eos="always"`` ends at once, ``pinned_logits``
+fix some tokens' logits, and a grammar (``LETTERS_FOREVER``) fixes the text's shape.
+
     python tests/tiny_model.py OUT.gguf [--eos never|always] [--hidden 64] [--layers 2]
                                [--no-chat-template]
 """
@@ -19,7 +25,7 @@ import gguf
 import numpy as np
 from gguf.gguf_writer import GGUFValue
 
-__all__ = ["CHAT_TEMPLATE", "write_tiny_model"]
+__all__ = ["CHAT_TEMPLATE", "LETTERS_FOREVER", "write_tiny_model"]
 
 # ChatML, like SmolLM2's own template, so chat requests exercise a real template.
 CHAT_TEMPLATE = (
@@ -27,7 +33,12 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# One letter a token, and no way to end: under it any model, however random, streams a
+# chunk for every token and runs to maxTokens (or the end of the context).
+LETTERS_FOREVER = "root ::= [a-z] root"
+
 _UNK, _BOS, _EOS = 0, 1, 2
+_PINNED_EOS_LOGIT = 50.0
 
 
 def _vocabulary(extra: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
@@ -63,12 +74,15 @@ def write_tiny_model(
     pooling_type: gguf.PoolingType | None = None,
     add_bos: bool = True,
     metadata: Mapping[str, GGUFValue] | None = None,
+    pinned_logits: Mapping[str, float] | None = None,
 ) -> Path:
     """Write the model to ``path`` and return it.
 
     Args:
-        eos: "never" zeroes the end-of-generation row of the output matrix, so greedy
-            decoding runs until ``maxTokens``; "always" makes it win every step.
+        eos: "never" zeroes the output rows of the end-of-generation tokens (``</s>``,
+            ``<|im_end|>``): their logit is 0 while, with the default width and vocabulary,
+            some other logit is positive for every hidden state, so greedy decoding runs until
+            ``maxTokens``; "always" pins ``</s>`` at a logit near 50, so it wins every step.
         hidden: embedding width; 512 with 8 layers makes prompt processing slow
             enough to cancel mid-prompt.
         extra_tokens: more vocabulary entries, appended last (e.g. an extremely long token).
@@ -76,6 +90,9 @@ def write_tiny_model(
         pooling_type: how the model says its embeddings pool; None says nothing.
         add_bos: whether tokenizing adds BOS (False, like SmolLM2: an empty text has no tokens).
         metadata: keys to write as given, in place of the writer's own (to craft hostile files).
+        pinned_logits: token text -> the logit it gets at every step, whatever the input
+            (within a few percent, the same factor for all pinned tokens); every other logit
+            stays below 2. E.g. ``{"a": 40, "b": 30}``: greedy decoding writes only a's.
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary(extra_tokens)
@@ -115,28 +132,59 @@ def write_tiny_model(
     if eos == "never":
         output[_EOS] = 0.0
         output[tokens.index("<|im_end|>")] = 0.0
-    elif eos == "always":
-        # A huge logit on every step needs a row aligned with any hidden state; the
-        # final norm keeps states bounded, so a large constant row dominates.
-        output[_EOS] = 50.0
-    writer.add_tensor("token_embd.weight", weights(vocab, hidden))
+    pinned = {tokens.index(text): logit for text, logit in (pinned_logits or {}).items()}
+    if eos == "always":
+        pinned[_EOS] = _PINNED_EOS_LOGIT
+    # Drawn in the order the tensors are written: without pins, the same seed gives the same file.
+    embeddings = weights(vocab, hidden)
+    shapes = dict.fromkeys(("attn_q", "attn_k", "attn_v", "attn_output"), (hidden, hidden))
+    shapes |= {"ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
+    blocks = [{name: weights(*shape) for name, shape in shapes.items()} for _ in range(layers)]
+    if pinned:
+        _pin(pinned, output, embeddings, blocks)
+    writer.add_tensor("token_embd.weight", embeddings)
     writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
     writer.add_tensor("output.weight", output)
-    for block in range(layers):
+    for block, tensors in enumerate(blocks):
         prefix = f"blk.{block}"
         writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"{prefix}.{name}.weight", weights(hidden, hidden))
+            writer.add_tensor(f"{prefix}.{name}.weight", tensors[name])
         writer.add_tensor(f"{prefix}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
-        writer.add_tensor(f"{prefix}.ffn_gate.weight", weights(ffn, hidden))
-        writer.add_tensor(f"{prefix}.ffn_up.weight", weights(ffn, hidden))
-        writer.add_tensor(f"{prefix}.ffn_down.weight", weights(hidden, ffn))
+        for name in ("ffn_gate", "ffn_up", "ffn_down"):
+            writer.add_tensor(f"{prefix}.{name}.weight", tensors[name])
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _pin(
+    logits: Mapping[int, float],
+    output: np.ndarray,
+    embeddings: np.ndarray,
+    blocks: list[dict[str, np.ndarray]],
+) -> None:
+    """Give these tokens these logits at every step, whatever the input.
+
+    Dimension 0 of the residual stream becomes a constant: every embedding has 1 there
+    and no layer writes to it (the rows of ``attn_output`` and ``ffn_down`` for it are
+    zero). The final RMS norm scales the state to length sqrt(hidden), that dimension
+    to sqrt(hidden) / sqrt(1 + r²), where r, the length of the rest of the state, is
+    about 0.3. A pinned token's output row reads that dimension only: its logit is its
+    value / sqrt(1 + r²), about 0.95 of it, the same factor for every pinned token. A
+    random row (entries of 0.02) gives at most its length times sqrt(hidden), under 2.
+    """
+    hidden = embeddings.shape[1]
+    embeddings[:, 0] = 1.0
+    for tensors in blocks:
+        tensors["attn_output"][0] = 0.0
+        tensors["ffn_down"][0] = 0.0
+    for token, logit in logits.items():
+        output[token] = 0.0
+        output[token, 0] = logit / np.sqrt(hidden)
 
 
 def main() -> None:
