@@ -136,6 +136,7 @@ class _Handlers:
             gpu_layers=params.get("gpuLayers"),
             batch_size=params.get("batchSize"),
             use_mmap=params.get("useMmap"),
+            flash_attention=params.get("flashAttention"),
         )
 
         def cancelled() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,23 @@ def test_a_byte_limit_counts_the_model_files(
         path = shutil.copy(tiny_model, tmp_path / f"{name}.gguf")
         byte_limited_sidecar.request("loadModel", {"modelPath": str(path)})
     assert [m["modelId"] for m in byte_limited_sidecar.request("listModels")["models"]] == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "llama_cpp_says"), [(None, "auto"), (True, "enabled"), (False, "disabled")], ids=str
+)
+def test_flash_attention_is_llama_cpp_s_choice_unless_asked(
+    tiny_model: Path, asked: bool | None, llama_cpp_says: str
+) -> None:
+    sidecar = RawSidecar()  # at debug level: llama.cpp's context lines are in the log
+    try:
+        sidecar.initialize()
+        params = {"modelPath": str(tiny_model)} | ({} if asked is None else {"flashAttention": asked})
+        sidecar.request("loadModel", params)
+        sidecar.request("prompt", {"prompt": "hi", "maxTokens": 2})
+    finally:
+        sidecar.stop()
+    log = b"".join(sidecar.stderr_lines).decode("utf-8", "replace")
+    assert re.findall(r"llama_context: flash_attn += (\w+)", log) == [llama_cpp_says]
+    # Left to llama.cpp, it turns flash attention on: the CPU backend supports it.
+    assert ("Flash Attention enabled" in log) is (asked is None), log[-2000:]

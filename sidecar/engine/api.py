@@ -43,6 +43,7 @@ class LoadOptions:
     gpu_layers: int | None = None
     batch_size: int | None = None
     use_mmap: bool | None = None
+    flash_attention: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
 
 
 @dataclass(slots=True, frozen=True)

@@ -88,32 +88,18 @@ def choose_cpu_backend(llama_cpp: ModuleType, leave_out: Mapping[str, str] | Non
     lib_dir = Path(llama_cpp.llama_cpp._base_path)
     package_dir = Path(str(llama_cpp.__file__)).parent
     _declare(libggml)
-    device = libggml.ggml_backend_dev_by_type(_CPU_DEVICE)
-    if not device:
-        libggml.ggml_backend_load_all_from_path(os.fsencode(lib_dir))
-        device = libggml.ggml_backend_dev_by_type(_CPU_DEVICE)
-    if not device:
-        raise RuntimeError(f"no llama.cpp CPU backend in {lib_dir} runs on this CPU")
+    device = _cpu_device(libggml, lib_dir)
     registry = libggml.ggml_backend_dev_backend_reg(device)
     library = _library_of(registry)
     record = _build_record(package_dir)
-    extra = _extra_buffer_types(libggml, registry, device)
-    refused = dict(leave_out or {})
-    amx_reason = amx_left_out_reason(extra.names if extra else [], record)
-    if amx_reason is not None:
-        refused[AMX] = amx_reason
-    left_out = [LeftOut(name, reason) for name, reason in refused.items() if extra and name in extra.names]
-    if extra and left_out:
-        leave_out_buffer_types(extra, {item.buffer_type for item in left_out})
-    for item in left_out:
-        log.warning("buffer type %s left out: %s", item.buffer_type, item.reason)
+    left_out = _leave_out(libggml, registry, device, record, leave_out or {})
     in_use = _extra_buffer_types(libggml, registry, device)  # read back: what llama.cpp will see
     backend = CpuBackend(
         variant=_variant(library),
         library=library,
         features=_features(libggml, registry),
         buffer_types=tuple(in_use.names) if in_use else (),
-        left_out=tuple(left_out),
+        left_out=left_out,
         build=str(record.get("mode", "other")) if record else "other",
         build_id=str(record["identity"]) if record and "identity" in record else None,
     )
@@ -124,6 +110,39 @@ def choose_cpu_backend(llama_cpp: ModuleType, leave_out: Mapping[str, str] | Non
         ", ".join(backend.buffer_types) or "none",
     )
     return backend
+
+
+def _cpu_device(libggml: ctypes.CDLL, lib_dir: Path) -> int:
+    """The CPU device, after registering the best variant in ``lib_dir`` if none is linked in."""
+    device: int | None = libggml.ggml_backend_dev_by_type(_CPU_DEVICE)
+    if not device:
+        libggml.ggml_backend_load_all_from_path(os.fsencode(lib_dir))
+        device = libggml.ggml_backend_dev_by_type(_CPU_DEVICE)
+    if not device:
+        raise RuntimeError(f"no llama.cpp CPU backend in {lib_dir} runs on this CPU")
+    return device
+
+
+def _leave_out(
+    libggml: ctypes.CDLL,
+    registry: int,
+    device: int,
+    record: dict[str, object] | None,
+    asked: Mapping[str, str],
+) -> tuple[LeftOut, ...]:
+    """Take the buffer types ``asked`` for, and AMX where unsafe, out of llama.cpp's list."""
+    extra = _extra_buffer_types(libggml, registry, device)
+    if extra is None:
+        return ()
+    refused = dict(asked)
+    amx_reason = amx_left_out_reason(extra.names, record)
+    if amx_reason is not None:
+        refused[AMX] = amx_reason
+    left_out = tuple(LeftOut(name, reason) for name, reason in refused.items() if name in extra.names)
+    leave_out_buffer_types(extra, {item.buffer_type for item in left_out})
+    for item in left_out:
+        log.warning("buffer type %s left out: %s", item.buffer_type, item.reason)
+    return left_out
 
 
 def amx_left_out_reason(buffer_types: list[str], record: dict[str, object] | None) -> str | None:
