@@ -10,15 +10,23 @@ NATIVE_VENV := bench/.native-venv
 NODE_DIR := electron-example
 PROMPT ?= Explain in three sentences why the sky is blue.
 
-.PHONY: demo test check install browser qemu bench bench-smoke
+.PHONY: demo test check install browser qemu package bench bench-smoke
 
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
 
-test: check $(NODE_DIR)/node_modules/.installed browser qemu bench/.installed
-	$(PY) -m pytest
+test: check $(NODE_DIR)/node_modules/.installed browser qemu bench/.installed package
+	LLAMA_SIDECAR_REQUIRE_PACKAGE=1 $(PY) -m pytest
 	cd $(NODE_DIR) && npm test
 	$(MAKE) --no-print-directory bench-smoke
+
+# The self-contained sidecar: dist/llama-sidecar/llama-sidecar, no Python needed
+# (package/llama-sidecar.spec). MODEL=0 leaves the embedded model out.
+MODEL ?= 1
+package: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[package]'
+	LLAMA_SIDECAR_PACKAGE_MODEL=$(MODEL) $(PY) -m PyInstaller --noconfirm --log-level WARN \
+		--distpath dist --workpath build/pyinstaller package/llama-sidecar.spec
 
 # The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/latest.*
 bench: bench/.installed $(NODE_DIR)/node_modules/.installed

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         level=args.log_level.upper(),
         format="sidecar %(levelname)s %(name)s: %(message)s",
     )
-    # llama-cpp-python prints its own chatter (model metadata, prefix-match hits) to
-    # sys.stderr: as log lines it follows --log-level like everything else.
+    # llama-cpp-python prints its own chatter (model metadata, the chat template,
+    # prefix-match hits) to sys.stderr: as debug log lines it follows --log-level like
+    # everything else, and stays out of the info log a host shows or attaches to a report.
     sys.stderr = _LogLines(logging.getLogger("sidecar.stderr"))
     from .server import Server  # after the guard: nothing imported before it may print
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 class _LogLines(io.TextIOBase):
-    """A text stream whose complete lines become INFO log records."""
+    """A text stream whose complete lines become DEBUG log records."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
@@ -75,7 +76,7 @@ class _LogLines(io.TextIOBase):
             *lines, self._partial = (self._partial + text).split("\n")
         for line in lines:
             if line.strip():
-                self._logger.info("%s", line)
+                self._logger.debug("%s", line)
         return len(text)
 
 

@@ -29,6 +29,12 @@ def eos_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model without a chat template."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "plain.gguf", chat_template=None)
+
+
+@pytest.fixture(scope="session")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wider random llama whose prompt processing takes long enough to cancel in the middle."""
     path = tmp_path_factory.mktemp("models") / "slow.gguf"

@@ -27,6 +27,9 @@ from sidecar.schema import validator_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0
+SIDECAR_COMMAND = (sys.executable, "-m", "sidecar")
+# The frozen sidecar `make package` builds (tests/test_package.py).
+PACKAGED_SIDECAR = ROOT / "dist" / "llama-sidecar" / "llama-sidecar"
 
 
 def validate_server_message(message: object, method_of: dict[Any, str]) -> None:
@@ -44,10 +47,16 @@ def validate_server_message(message: object, method_of: dict[Any, str]) -> None:
 class RawSidecar:
     """One sidecar process, spoken to line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, emulator: Sequence[str] = ()) -> None:
-        """``python -m sidecar ARGS``, run by ``emulator`` (``qemu-x86_64 -cpu Nehalem``) if given."""
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        emulator: Sequence[str] = (),
+        command: Sequence[str] = SIDECAR_COMMAND,
+    ) -> None:
+        """``command ARGS`` (``python -m sidecar`` unless told), run by ``emulator`` if given (qemu)."""
         self.process = subprocess.Popen(
-            [*emulator, sys.executable, "-m", "sidecar", "--log-level", "debug", *args],
+            [*emulator, *command, "--log-level", "debug", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,12 +65,50 @@ def test_the_demo_streams_a_reply_and_reports_its_speed(default_model: str) -> N
     done = _demo(PROMPT, "--max-tokens", "8")
     assert done.returncode == 0, done.stderr
     header, reply = done.stdout.split(f"> {PROMPT}\n\n", 1)
-    assert re.fullmatch(r"\[.+: spawn->ready \d+ ms, load \d+ ms\]\n", header)
+    progress, summary = header.rsplit("loading: 100%\n", 1)
+    # Piped, the load's progress is a line per quarter reached, in order, ending at 100%.
+    quarters = [int(line.removeprefix("loading: ").removesuffix("%")) for line in progress.splitlines()]
+    assert quarters == sorted(set(quarters)) and set(quarters) <= {0, 25, 50, 75}, progress
+    assert re.fullmatch(r"\[.+: spawn->ready \d+ ms, load \d+ ms, CPU backend \w+\]\n", summary), summary
     text, final = reply.rsplit("\n\n", 1)
     assert text.strip()
     match = FINAL_LINE.fullmatch(final.strip())
     assert match, final
     assert 1 <= int(match[1]) <= 8
+
+
+def test_on_a_terminal_the_demo_draws_the_load_progress_as_a_bar(default_model: str) -> None:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.demo", PROMPT, "--max-tokens", "2"],
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    os.close(terminal)  # the child holds it; reading ends (EIO) when the child is done
+    output, deadline = b"", time.monotonic() + 120
+    try:
+        while chunk := _read_available(controller, deadline):
+            output += chunk
+        assert process.wait(timeout=120) == 0
+    finally:
+        os.close(controller)
+        process.kill()
+    text = output.decode("utf-8", "replace")
+    bars = re.findall(r"\rloading \[([#.]{30})\] +(\d+)%", text)
+    assert bars and bars[-1] == ("#" * 30, "100"), text[:400]
+    assert [int(percent) for _, percent in bars] == sorted({int(percent) for _, percent in bars})
+    assert "loading: " not in text  # no piped-style lines on a terminal
+
+
+def _read_available(fd: int, deadline: float) -> bytes:
+    """What the terminal has, waiting until ``deadline``; b"" once the child is done."""
+    readable, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+    assert readable, "the demo wrote nothing to its terminal in time"
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the terminal's other end is closed and drained
+        return b""
 
 
 def test_a_missing_default_model_is_refused_with_the_install_hint(

@@ -8,17 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from .tiny_model import write_tiny_model
 from .vectors import VECTOR_DIR, VectorRun, matches
 
 VECTOR_FILES = sorted(VECTOR_DIR.glob("*.jsonl"))
 _PLACEHOLDER = re.compile(r'"(\$\{[A-Z_]+\})"')
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model without a chat template."""
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "plain.gguf", chat_template=None)
 
 
 def _placeholders(tiny_model: Path, eos_model: Path, plain_model: Path, tmp_path: Path) -> dict[str, str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .harness import ROOT, RawSidecar
+from .harness import ROOT, SIDECAR_COMMAND, RawSidecar
 
 VECTOR_DIR = ROOT / "protocol" / "vectors"
 _KINDS = {
@@ -57,12 +58,14 @@ def substitute(value: Any, placeholders: dict[str, str]) -> Any:
 class VectorRun:
     """One vector file against one fresh sidecar, with the stream invariants checked throughout."""
 
-    def __init__(self, path: Path, placeholders: dict[str, str]) -> None:
+    def __init__(
+        self, path: Path, placeholders: dict[str, str], command: Sequence[str] = SIDECAR_COMMAND
+    ) -> None:
         self.steps = [
             substitute(orjson.loads(line), placeholders) for line in path.read_bytes().splitlines() if line
         ]
         args = self.steps.pop(0)["sidecarArgs"] if "sidecarArgs" in self.steps[0] else []
-        self.sidecar = RawSidecar(*args)
+        self.sidecar = RawSidecar(*args, command=command)
         self.streams: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         self.stream_ids: set[Any] = set()
         self.progress: dict[Any, list[float]] = defaultdict(list)  # loadProgress values per loadModel
