@@ -29,7 +29,7 @@ package: $(VENV)/.installed
 		--distpath dist --workpath build/pyinstaller package/llama-sidecar.spec
 
 # The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/latest.*
-bench: bench/.installed $(NODE_DIR)/node_modules/.installed
+bench: bench/.installed $(NODE_DIR)/node_modules/.installed package
 	cd $(NODE_DIR) && npm run build
 	$(PY) bench/run.py
 

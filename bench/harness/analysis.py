@@ -130,6 +130,7 @@ def analyze(
     boundary: dict[str, Any],
     concurrency: list[dict[str, Any]],
     sessions: dict[str, Any] | None = None,
+    package: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     runs, setup = compare["runs"], compare["setup"]
     systems = {key: _system(key, setup[key], runs[key]) for key in runs}
@@ -143,6 +144,8 @@ def analyze(
     figures = {"systems": systems, "boundary": _boundary(boundary), "concurrency": concurrency}
     if sessions is not None:
         figures["sessions"] = session_figures(sessions)
+    if package is not None:
+        figures["package"] = {**package, "spawnToReadyMs": summarize(package["spawnToReadyMs"])}
     figures["targets"] = _targets(figures)
     return figures
 
@@ -161,7 +164,7 @@ def _target(name: str, measured: float | None, limit: float, unit: str, *, at_le
     }
 
 
-def _client_targets(label: str, figures: dict[str, Any], node_decode: float | None) -> list[dict[str, Any]]:
+def _client_targets(label: str, figures: dict[str, Any], node: dict[str, Any] | None) -> list[dict[str, Any]]:
     versus = figures.get("vsInProcess", {})
     rows = [
         _target(f"decode tok/s, {label} ÷ in-process", versus.get("decodeRatio"), 0.97, "×", at_least=True),
@@ -180,19 +183,73 @@ def _client_targets(label: str, figures: dict[str, Any], node_decode: float | No
             at_least=False,
         ),
     ]
-    if node_decode:
-        ratio = figures["decodeTps"]["median"] / node_decode
-        rows.append(_target(f"decode tok/s, {label} ÷ node-llama-cpp", ratio, 1.0, "×", at_least=True))
+    if node:
+        rows += [
+            _target(
+                f"decode tok/s, {label} ÷ node-llama-cpp",
+                _over(figures, node, "decodeTps"),
+                1.2,
+                "×",
+                at_least=True,
+            ),
+            _target(
+                f"prompt processing tok/s, {label} ÷ node-llama-cpp",
+                _over(figures, node, "promptTps"),
+                1.0,
+                "×",
+                at_least=True,
+            ),
+            _target(
+                f"TTFT p50 short prompts, {label} ÷ node-llama-cpp",
+                _over(figures, node, "ttftMs"),
+                1.0,
+                "×",
+                at_least=False,
+            ),
+        ]
     return rows
+
+
+def _over(figures: dict[str, Any], other: dict[str, Any], field: str) -> float | None:
+    """The ratio of two systems' medians of ``field`` (their runs are not paired)."""
+    mine, theirs = figures[field]["median"], other[field]["median"]
+    return mine / theirs if mine is not None and theirs else None
+
+
+def _build_targets(native: dict[str, Any]) -> list[dict[str, Any]]:
+    """The portable build against the same source built for this CPU (both in-process, paired)."""
+    versus = native.get("vsInProcess", {})
+
+    def inverse(ratio: float | None) -> float | None:  # native ÷ portable -> portable ÷ native
+        return 1 / ratio if ratio else None
+
+    return [
+        _target(
+            "decode tok/s, portable build ÷ native build",
+            inverse(versus.get("decodeRatio")),
+            0.95,
+            "×",
+            at_least=True,
+        ),
+        _target(
+            "prompt processing tok/s, portable build ÷ native build",
+            inverse(versus.get("promptTpsRatio")),
+            0.95,
+            "×",
+            at_least=True,
+        ),
+    ]
 
 
 def _targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     systems, boundary = figures["systems"], figures["boundary"]
-    node = systems.get("node-llama-cpp", {}).get("decodeTps", {}).get("median")
+    node = systems.get("node-llama-cpp")
     rows = []
     for system in SYSTEMS:
         if system.is_sidecar and system.key in systems:
             rows += _client_targets(system.label, systems[system.key], node)
+    if "llama-cpp-python-native" in systems:
+        rows += _build_targets(systems["llama-cpp-python-native"])
 
     def ts(table: str) -> float | None:
         value: float | None = boundary[table].get("sidecar-ts", {}).get("median")
@@ -211,6 +268,11 @@ def _targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         _target("spawn → initialize answered (TS client)", ts("spawnToReadyMs"), 300, "ms", at_least=False),
         _target("idle RSS before any model", ts("idleRssMb"), 60, "MiB", at_least=False),
     ]
+    if "package" in figures:
+        spawn = figures["package"]["spawnToReadyMs"]["median"]
+        rows.append(
+            _target("spawn → initialize answered (packaged sidecar)", spawn, 400, "ms", at_least=False)
+        )
     if "sessions" in figures:
         rows += session_targets(figures["sessions"])
     return rows

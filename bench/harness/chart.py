@@ -19,12 +19,14 @@ __all__ = ["draw"]
 
 _COLORS = {
     "llama-cpp-python": "#7f8c8d",
+    "llama-cpp-python-native": "#b2babb",
     "sidecar-py": "#2e86de",
     "sidecar-ts": "#8e44ad",
     "node-llama-cpp": "#27ae60",
 }
 _SHORT_LABELS = {
     "llama-cpp-python": "llama-cpp-python\nin-process",
+    "llama-cpp-python-native": "llama-cpp-python\nnative build",
     "sidecar-py": "sidecar\nPython client",
     "sidecar-ts": "sidecar\nTS client",
     "node-llama-cpp": "node-llama-cpp\nin-process",

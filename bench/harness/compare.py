@@ -88,6 +88,7 @@ def _bring_up(
         "loadMs": loaded["loadMs"],
         "serverLoadMs": loaded.get("serverLoadMs"),
         "pids": loaded["pids"],
+        "backend": loaded.get("backend"),  # the llama.cpp CPU variant it runs on, where the system says
         "firstPrompt": {**first, "otherCores": cores},
     }
 

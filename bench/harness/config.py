@@ -1,4 +1,4 @@
-"""What a run measures and with what: settings (full or quick), paths, and the four systems."""
+"""What a run measures and with what: settings (full or quick), paths, and the five systems."""
 
 from __future__ import annotations
 
@@ -7,11 +7,24 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BASELINE", "BENCH", "REPO", "SYSTEMS", "TS_CLIENT", "Settings", "System", "driver_command"]
+__all__ = [
+    "BASELINE",
+    "BENCH",
+    "NATIVE_PYTHON",
+    "REPO",
+    "SYSTEMS",
+    "TS_CLIENT",
+    "Settings",
+    "System",
+    "driver_command",
+]
 
 BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
 TS_CLIENT = REPO / "electron-example" / "dist" / "client" / "index.js"
+# The same llama-cpp-python source built with -march=native (make bench-native-venv): the
+# ceiling the portable build is measured against.
+NATIVE_PYTHON = BENCH / ".native-venv" / "bin" / "python"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +36,7 @@ class System:
 
 SYSTEMS = (
     System("llama-cpp-python", "llama-cpp-python in-process", False),
+    System("llama-cpp-python-native", "llama-cpp-python in-process, native build", False),
     System("sidecar-py", "sidecar · Python client", True),
     System("sidecar-ts", "sidecar · TS client", True),
     System("node-llama-cpp", "node-llama-cpp 3.21.1 in-process", False),
@@ -92,6 +106,7 @@ def driver_command(key: str) -> list[str]:
     python = [sys.executable, "-m"]
     commands = {
         "llama-cpp-python": [*python, "harness.drivers.inprocess"],
+        "llama-cpp-python-native": [str(NATIVE_PYTHON), "-m", "harness.drivers.inprocess"],
         "sidecar-py": [*python, "harness.drivers.pyclient"],
         "sidecar-ts": [_node(), str(BENCH / "node" / "ts-client-driver.mjs")],
         "node-llama-cpp": [_node(), str(BENCH / "node" / "node-llama-cpp-driver.mjs")],

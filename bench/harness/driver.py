@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import BENCH, driver_command
+from .config import BENCH, REPO, driver_command
 
 __all__ = ["Driver", "DriverError", "progress"]
 
@@ -35,7 +35,7 @@ class Driver:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=BENCH,
-                env={**os.environ, "PYTHONPATH": str(BENCH)},
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])},
             )
 
     def __enter__(self) -> Driver:

@@ -200,6 +200,32 @@ def _sessions_section(sessions: dict[str, Any], targets: list[dict[str, Any]]) -
     ]
 
 
+def _package_lines(package: dict[str, Any] | None) -> list[str]:
+    if package is None:
+        return ["The packaged sidecar was not built (`make package`): not measured.", ""]
+    spawn = package["spawnToReadyMs"]
+    model = "with" if package["modelIncluded"] else "without"
+    return [
+        "## The packaged sidecar",
+        "",
+        f"`dist/llama-sidecar` ({model} the embedded model): {package['sizeBytes'] / 2**20:,.0f} MiB "
+        f"on disk; spawn → `initialize` answered {_spread(spawn, 0)} ms.",
+        "",
+    ]
+
+
+def _where(meta: dict[str, Any]) -> str:
+    """The CPU's SIMD flags and the llama.cpp CPU variant each system ran on."""
+    variants = {
+        key: (backend.get("variant") or "linked in") + f" ({backend.get('build')})"
+        for key, backend in (meta.get("backends") or {}).items()
+        if backend
+    }
+    ran = "; ".join(f"{key}: {variant}" for key, variant in variants.items()) or "not reported"
+    flags = " ".join(meta.get("cpuFlags", []))
+    return f"CPU family `{meta.get('cpuFamily')}`, flags {flags}. llama.cpp CPU variant: {ran}."
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, figures, settings = results["meta"], results["figures"], results["meta"]["settings"]
     noise = meta["noise"]
@@ -209,6 +235,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['date']} · commit `{meta['commit']}` · {meta['cpu']}, {meta['cores']} cores · "
         f"Python {meta['python']}, llama-cpp-python {meta['llamaCppPython']}, Node {meta['node']}, "
         f"node-llama-cpp {meta['nodeLlamaCpp']}",
+        "",
+        _where(meta),
         "",
         f"Model `{Path(settings['model_path']).name}`, {settings['threads']} threads, context "
         f"{settings['context_size']}, batch {settings['batch_size']}, greedy, "
@@ -231,6 +259,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_boundary_table(figures["boundary"]),
         "",
+        *_package_lines(figures.get("package")),
         "## Concurrent streams (TS client, one sidecar)",
         "",
         *_concurrency_table(figures["concurrency"]),

@@ -133,7 +133,8 @@ def run_sessions(settings: Settings, noise: NoiseLedger) -> dict[str, Any]:
     log_start = log_path.stat().st_size if log_path.exists() else 0
     rounds: list[dict[str, Any]] = []
     with Driver("sidecar-py", settings.tmp / "logs", log_name=_LOG_NAME) as driver:
-        driver.call("start", python=sys.executable)
+        # llama-cpp-python's prefix-match lines are debug records in the sidecar's log.
+        driver.call("start", python=sys.executable, logLevel="debug")
         driver.call(
             "load",
             modelPath=settings.model_path,

@@ -48,6 +48,7 @@ async function load({ modelPath, contextSize, threads, batchSize, modelId }) {
     serverLoadMs: info.loadMs,
     modelId: info.modelId,
     pids: [state.client.pid],
+    backend: info.backend ?? null,
   };
 }
 

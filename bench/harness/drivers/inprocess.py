@@ -1,5 +1,8 @@
 """Driver: llama-cpp-python in this process, the floor the sidecar is measured against.
 
+Run by the project's ``.venv`` (the portable build the sidecar uses) and by
+``bench/.native-venv`` (the same source built for this CPU only).
+
 Runs the same low-level loop the sidecar's engine runs (``Llama.generate`` with
 the same sampling arguments, one token at a time, stop at an end-of-generation
 token or ``maxTokens``), turning token bytes into text with an incremental
@@ -29,6 +32,10 @@ def load(params: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     import llama_cpp
 
+    from sidecar.engine.backends import choose_cpu_backend
+
+    # As the sidecar does: a portable build has no CPU backend until one is chosen.
+    backend = choose_cpu_backend(llama_cpp)
     _state["llm"] = llama_cpp.Llama(
         model_path=params["modelPath"],
         n_ctx=params["contextSize"],
@@ -36,10 +43,21 @@ def load(params: dict[str, Any]) -> dict[str, Any]:
         n_threads_batch=params["threads"],
         n_batch=params["batchSize"],
         n_gpu_layers=0,
+        # As the sidecar and node-llama-cpp run it: llama.cpp's default (auto) turns it on for
+        # the CPU, which Llama can only ask for as True.
+        flash_attn=True,
         verbose=False,
     )
     _state["is_eog"] = llama_cpp.llama_vocab_is_eog
-    return {"loadMs": (time.perf_counter() - started) * 1000, "pids": [os.getpid()]}
+    return {
+        "loadMs": (time.perf_counter() - started) * 1000,
+        "pids": [os.getpid()],
+        "backend": {
+            "variant": backend.variant,
+            "build": backend.build,
+            "bufferTypes": list(backend.buffer_types),
+        },
+    }
 
 
 def generate(params: dict[str, Any]) -> dict[str, Any]:

@@ -24,16 +24,16 @@ from .timeline import Timeline
 _state: dict[str, SidecarClient] = {}
 
 
-def _spawn(module: str = "sidecar") -> tuple[SidecarClient, float]:
+def _spawn(module: str = "sidecar", log_level: str = "info") -> tuple[SidecarClient, float]:
     """A fresh sidecar (``python -m module``), initialized; and how long that took."""
     started = time.perf_counter()
-    client = SidecarClient([sys.executable, "-m", module], timeout=600)
+    client = SidecarClient([sys.executable, "-m", module, "--log-level", log_level], timeout=600)
     client.initialize("bench")
     return client, (time.perf_counter() - started) * 1000
 
 
 def start(params: dict[str, Any]) -> dict[str, Any]:
-    client, ready_ms = _spawn(params.get("module", "sidecar"))
+    client, ready_ms = _spawn(params.get("module", "sidecar"), params.get("logLevel", "info"))
     _state["client"] = client
     return {"pids": [client.process.pid], "spawnToReadyMs": ready_ms}
 
@@ -63,6 +63,7 @@ def load(params: dict[str, Any]) -> dict[str, Any]:
         "serverLoadMs": info["loadMs"],
         "modelId": info["modelId"],
         "pids": [client.process.pid],
+        "backend": info.get("backend"),
     }
 
 
