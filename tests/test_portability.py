@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -184,3 +185,20 @@ def test_the_sidecar_streams_on_an_older_cpu(default_model: str, cpu: str, varia
         assert sidecar.wait_exit(EMULATED_WAIT) == 0
     finally:
         sidecar.stop()
+
+
+def test_a_changed_recipe_or_flag_is_another_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pip's wheel cache would hand back the first wheel whatever the flags: the build's own
+    # identity must change with them, so that a flag change always rebuilds.
+    from native import build_wheel
+
+    sdist = next((build_wheel.cache_dir() / "sdist").glob("llama_cpp_python-*.tar.gz"), None)
+    if sdist is None:
+        pytest.skip("no cached source package (make install downloads it)")
+    installed = json.loads((PACKAGE / BUILD_RECORD).read_text())
+    portable = build_wheel.identity("portable", sdist)  # with this environment's CMAKE_ARGS, as installed
+    assert installed["identity"] == portable, "the installed build is not this recipe's: run make install"
+    assert portable == build_wheel.identity("portable", sdist)
+    assert portable != build_wheel.identity("native", sdist)
+    monkeypatch.setenv("CMAKE_ARGS", os.environ.get("CMAKE_ARGS", "") + " -DGGML_OPENMP=OFF")
+    assert build_wheel.identity("portable", sdist) != portable
