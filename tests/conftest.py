@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -39,6 +40,20 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wider random llama whose prompt processing takes long enough to cancel in the middle."""
     path = tmp_path_factory.mktemp("models") / "slow.gguf"
     return write_tiny_model(path, hidden=512, layers=8, context_length=4096)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_in_process() -> ModuleType:
+    """``llama_cpp``, ready for models in this process: its CPU backend registered, as the sidecar does.
+
+    The project's portable build has no CPU backend until one is chosen for the CPU.
+    """
+    import llama_cpp
+
+    from sidecar.engine.llamacpp import cpu_backend
+
+    cpu_backend()
+    return llama_cpp
 
 
 @pytest.fixture(scope="session")

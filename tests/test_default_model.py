@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from types import ModuleType
 from typing import Any
 
-import llama_cpp
 import pytest
 
 from sidecar.client import SidecarClient
@@ -23,14 +23,17 @@ def client(default_model: str) -> Any:
         yield client
 
 
-def test_greedy_reply_equals_in_process_llama_cpp_python(client: SidecarClient, default_model: str) -> None:
+def test_greedy_reply_equals_in_process_llama_cpp_python(
+    client: SidecarClient, default_model: str, llama_cpp_in_process: ModuleType
+) -> None:
     threads = THREADS
-    llm = llama_cpp.Llama(
+    llm = llama_cpp_in_process.Llama(
         # verbose=True: with False the library leaks the /dev/null files it opens to silence loads.
         default_model,
         n_ctx=2048,
         n_threads=threads,
         n_threads_batch=threads,
+        flash_attn=True,  # what llama.cpp's default, which the sidecar keeps, chooses on the CPU
         verbose=True,
     )
     try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 
 import gguf
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -55,13 +55,17 @@ def test_the_client_raises_remote_errors_for_embed(smol: SidecarClient) -> None:
 
 @pytest.mark.parametrize("declared", [None, gguf.PoolingType.NONE], ids=["undeclared", "none"])
 def test_an_embedding_is_the_mean_of_the_token_vectors(
-    sidecar: RawSidecar, tmp_path: Path, declared: gguf.PoolingType | None
+    sidecar: RawSidecar, tmp_path: Path, declared: gguf.PoolingType | None, llama_cpp_in_process: ModuleType
 ) -> None:
     path = write_tiny_model(tmp_path / "model.gguf", pooling_type=declared)
     sidecar.request("loadModel", {"modelPath": str(path)})
     (vector,) = sidecar.request("embed", {"input": ["hello world"], "normalize": False})["embeddings"]
-    per_token = llama_cpp.Llama(
-        str(path), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, verbose=False
+    per_token = llama_cpp_in_process.Llama(
+        str(path),
+        embedding=True,
+        pooling_type=llama_cpp_in_process.LLAMA_POOLING_TYPE_NONE,
+        flash_attn=True,  # as the sidecar runs it: llama.cpp's default turns it on for the CPU
+        verbose=False,
     ).embed("hello world", normalize=False)
     assert np.allclose(vector, np.mean(per_token, axis=0), atol=1e-5)
 
