@@ -11,7 +11,7 @@ __all__ = ["BASELINE", "BENCH", "REPO", "SYSTEMS", "TS_CLIENT", "Settings", "Sys
 
 BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
-TS_CLIENT = REPO / "electron-example" / "dist" / "client" / "index.js"
+TS_CLIENT = REPO / "electron-example" / "client" / "dist" / "esm" / "index.js"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@
  */
 
 import type { ChatTurn, LlmEvent, ModelState } from './bridge-api.js';
-import type { ChatSession, LlmService, LoadModelOptions, SessionPromptOptions } from './client/index.js';
+import type { ChatSession, LlmService, LoadModelOptions, SessionPromptOptions } from 'llama-sidecar-client';
 
 export const CHANNELS = {
   loadDefaultModel: 'llm:load-default-model',

@@ -14,8 +14,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { app, BrowserWindow, ipcMain, session } from 'electron';
+import { LlmService, type Logger, type SidecarCommand } from 'llama-sidecar-client';
 
-import { LlmService, type Logger, type SidecarCommand } from './client/index.js';
 import { CHANNELS, registerLlmIpc } from './ipc.js';
 import { devSidecarCommand } from './sidecar-command.js';
 import { createMainWindow, isAppPage } from './window.js';

@@ -9,7 +9,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { SidecarCommand } from './client/index.js';
+import type { SidecarCommand } from 'llama-sidecar-client';
 
 /** electron-example/, whether this file runs from src/ (tsx) or dist/ (built). */
 export const PACKAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -18,7 +18,7 @@ import {
   type LlmService,
   LLMServiceError,
   StreamIdleTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { fakeService, fakeWithMarker } from './helpers/fake-service.js';
 import { running, until } from './helpers/sidecar.js';
 

@@ -12,7 +12,7 @@ import {
   LlmService,
   LLMServiceError,
   WorkerTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { FAKE_SIDECAR, fakeService } from './helpers/fake-service.js';
 import {
   devSidecarCommand,

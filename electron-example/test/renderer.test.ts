@@ -17,7 +17,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { type Browser, chromium, type Page } from 'playwright-core';
 
-import { LlmService } from '../src/client/index.js';
+import { LlmService } from '../client/src/index.js';
 import { CHANNELS, type LlmIpcOptions, registerLlmIpc } from '../src/ipc.js';
 import { fakeIpcMain } from './helpers/ipc.js';
 import {

@@ -10,7 +10,7 @@ import {
   type StreamChunkParams,
   StreamIdleTimeoutError,
   WorkerTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
 
 const quiet = (): void => {};

@@ -21,20 +21,21 @@ export const PARENT_PID_ENV = 'LLAMA_SIDECAR_PARENT_PID';
 /** How to start the sidecar: the venv's python with `-m sidecar`, or a packaged executable. */
 export interface SidecarCommand {
   readonly command: string;
-  readonly args?: readonly string[];
-  readonly cwd?: string;
+  readonly args?: readonly string[] | undefined;
+  readonly cwd?: string | undefined;
   /** The child's whole environment; the parent's when absent. `LLAMA_SIDECAR_PARENT_PID` is added either way. */
-  readonly env?: NodeJS.ProcessEnv;
+  readonly env?: NodeJS.ProcessEnv | undefined;
 }
 
+/** Every option may be `undefined` (its default), as `SidecarClientOptions`' may. */
 export interface ProcessTransportOptions extends SidecarCommand {
-  readonly logger?: Logger;
+  readonly logger?: Logger | undefined;
   /** How many stderr lines to keep for error messages (default 40). */
-  readonly stderrTailLines?: number;
+  readonly stderrTailLines?: number | undefined;
   /** Longest stdout line accepted; longer ones are dropped and reported (default 64 MiB). */
-  readonly maxLineBytes?: number;
+  readonly maxLineBytes?: number | undefined;
   /** How long `close()` waits after ending stdin, and again after SIGTERM (default 2000 ms). */
-  readonly closeGraceMs?: number;
+  readonly closeGraceMs?: number | undefined;
 }
 
 const MAX_STDERR_LINE_BYTES = 64 * 1024;

@@ -5,7 +5,7 @@
  * and `ChatSession` (from `LlmService.createSession`) its multi-turn chat;
  * `SidecarClient` is one sidecar process with a typed method per protocol
  * method; the transport and framing pieces are exported for hosts that wire
- * their own. Protocol types are generated from ../protocol/schema.
+ * their own. Protocol types are generated from the repository's protocol/schema.
  */
 
 export type { PromptHandle } from './cancellers.js';
@@ -33,6 +33,7 @@ export type {
   PromptOptions,
   RepeatPenaltyOptions,
   SessionPromptOptions,
+  UndefinedAllowed,
 } from './options.js';
 export { ProcessTransport } from './process-transport.js';
 export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';
