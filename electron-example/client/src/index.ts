@@ -17,7 +17,7 @@ export {
   TimeLimitError,
   WorkerTimeoutError,
 } from './errors.js';
-export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
+export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode, LLMServiceErrorOptions } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
 export { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_WORKER_TIMEOUT_MS, LlmService } from './llm-service.js';
