@@ -6,10 +6,11 @@
  * and both type-check under the settings `tsc --init` writes (strict, exactOptionalPropertyTypes,
  * noUncheckedIndexedAccess), without skipLibCheck, and under classic CommonJS resolution.
  *
- * The folder is a copy of a fresh clone's (the client's files and protocol/schema, no node_modules,
- * no dist), so its `prepare` has to get its own devDependencies. npm runs with `--offline`: the
- * client has no dependencies, and its devDependencies come from the npm cache that installing this
- * example filled. Every npm and node run is bounded in time.
+ * The folders are copies of a fresh clone's (the client's files and protocol/schema, no
+ * node_modules, no dist), so their `prepare` has to get its own devDependencies: one is installed,
+ * the other packed. npm runs with `--offline`: the client has no dependencies, and its
+ * devDependencies come from the npm cache that installing this example filled. Every npm and node
+ * run is bounded in time.
  */
 
 import assert from 'node:assert/strict';
@@ -91,8 +92,9 @@ const work = tempDir();
 let tarball: string;
 
 before(async () => {
-  // From the checkout's client, as a publisher packs it (its prepare builds it first).
-  const packed = await npm(['pack', '--pack-destination', work.dir], CLIENT_DIR);
+  // As a publisher packs it, in a fresh clone (its prepare installs the devDependencies and builds),
+  // which also leaves this checkout's dist alone while other test files read it.
+  const packed = await npm(['pack', '--pack-destination', work.dir], freshClone(path.join(work.dir, 'clone-to-pack')));
   tarball = path.join(work.dir, packed.trim().split('\n').at(-1) ?? '');
   assert.ok(existsSync(tarball), `npm pack wrote ${tarball}`);
 });
@@ -109,7 +111,7 @@ for (const source of ['folder', 'tarball'] as const) {
       const manifest = { name: 'host-app', version: '1.0.0', private: true };
       writeFileSync(path.join(project, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
       for (const host of ['host.cts', 'host.mts']) cpSync(HOST, path.join(project, host));
-      const spec = source === 'folder' ? freshClone(path.join(work.dir, 'checkout')) : tarball;
+      const spec = source === 'folder' ? freshClone(path.join(work.dir, 'clone-to-install')) : tarball;
       await npm(['install', spec], project);
       installed = path.join(project, 'node_modules', NAME);
     });
