@@ -21,9 +21,9 @@ __all__ = [
 
 BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
-TS_CLIENT = REPO / "electron-example" / "dist" / "client" / "index.js"
-# The same llama-cpp-python source built with -march=native (make bench-native-venv): the
-# ceiling the portable build is measured against.
+TS_CLIENT = REPO / "electron-example" / "client" / "dist" / "esm" / "index.js"
+# The same llama-cpp-python source built with -march=native (bench/.native-venv, which
+# make bench installs): the ceiling the portable build is measured against.
 NATIVE_PYTHON = BENCH / ".native-venv" / "bin" / "python"
 
 

@@ -1,6 +1,6 @@
 /**
  * Driver: the sidecar through the TypeScript client (`SidecarClient` from
- * electron-example/dist/client, built by `npm run build` there).
+ * electron-example/client/dist/esm, built by `npm run build` in electron-example).
  *
  * Measures from this side of the pipe, like an Electron main process would
  * see it: spawn → `initialize` answered, `loadModel` round trip, each
@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
-import { SidecarClient } from '../../electron-example/dist/client/index.js';
+import { SidecarClient } from '../../electron-example/client/dist/esm/index.js';
 
 import { serve, Timeline } from './driver-io.mjs';
 

@@ -11,12 +11,21 @@ export interface ChatTurn {
   readonly content: string;
 }
 
+/**
+ * A failure as the page shows it: a one-line `message`, and the `details` behind a toggle (for a
+ * sidecar that died: the last lines of its stderr), when there are any.
+ */
+export interface Failure {
+  readonly message: string;
+  readonly details?: string;
+}
+
 /** Where the model is: not asked for yet, loading (with its progress, 0 to 1), ready to chat, or failed. */
 export type ModelState =
   | { readonly state: 'idle' }
   | { readonly state: 'loading'; readonly progress: number }
   | { readonly state: 'ready'; readonly modelName: string }
-  | { readonly state: 'error'; readonly message: string };
+  | ({ readonly state: 'error' } & Failure);
 
 export type LlmEvent =
   | { readonly type: 'model'; readonly model: ModelState }
@@ -29,7 +38,7 @@ export type LlmEvent =
       readonly tokensPerSecond: number;
       readonly ttftMs: number;
     }
-  | { readonly type: 'error'; readonly streamId: number; readonly message: string };
+  | ({ readonly type: 'error'; readonly streamId: number } & Failure);
 
 /** `window.llm`: named functions only; nothing of Electron or Node reaches the page. */
 export interface LlmBridge {

@@ -17,7 +17,7 @@
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
-import { LlmService, type Logger } from './client/index.js';
+import { LlmService, type Logger } from 'llama-sidecar-client';
 import { devSidecarCommand } from './sidecar-command.js';
 
 async function main(): Promise<void> {

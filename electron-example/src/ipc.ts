@@ -6,14 +6,15 @@
  * session on it; main keeps the conversation there, so the renderer sends only
  * the user's next message. Each `send` becomes one `session.promptStream` with
  * its own AbortController, so `stop` cancels exactly that stream; `newChat`
- * stops it and resets the session. Chunks, the final stats and errors go to the
- * renderer through `emit` (webContents.send in the app, a test bridge in the
- * browser test). It takes Electron's `ipcMain` as an argument, so it runs and
- * is tested without Electron; it knows nothing of windows or the DOM.
+ * stops it and resets the session. Chunks, the final stats and errors (a
+ * one-line message, and the details apart) go to the renderer through `emit`
+ * (webContents.send in the app, a test bridge in the browser test). It takes
+ * Electron's `ipcMain` as an argument, so it runs and is tested without
+ * Electron; it knows nothing of windows or the DOM.
  */
 
-import type { ChatTurn, LlmEvent, ModelState } from './bridge-api.js';
-import type { ChatSession, LlmService, LoadModelOptions, SessionPromptOptions } from './client/index.js';
+import type { ChatTurn, Failure, LlmEvent, ModelState } from './bridge-api.js';
+import type { ChatSession, LlmService, LoadModelOptions, SessionPromptOptions } from 'llama-sidecar-client';
 
 export const CHANNELS = {
   loadDefaultModel: 'llm:load-default-model',
@@ -155,7 +156,7 @@ async function loadModel(
     emit({ type: 'model', model: ready });
     return ready;
   } catch (error) {
-    emit({ type: 'model', model: { state: 'error', message: (error as Error).message } });
+    emit({ type: 'model', model: { state: 'error', ...failure(error) } });
     throw error;
   }
 }
@@ -186,8 +187,21 @@ async function runStream(
       ttftMs: timings.ttftMs,
     });
   } catch (error) {
-    emit({ type: 'error', streamId, message: (error as Error).message });
+    emit({ type: 'error', streamId, ...failure(error) });
   }
+}
+
+/**
+ * An error as the page shows it: the first line of its message, and as details the rest of it and
+ * the client's `details` (a dead sidecar's stderr tail). Read by shape, not `instanceof`: the
+ * error may come from another copy of the client (its ESM and CommonJS builds are two).
+ */
+export function failure(error: unknown): Failure {
+  const text = error instanceof Error ? error.message : String(error);
+  const [message = '', ...more] = text.split('\n');
+  const attached = (error as { details?: unknown } | null)?.details;
+  const details = [more.join('\n').trim(), typeof attached === 'string' ? attached : ''].filter((part) => part !== '');
+  return details.length > 0 ? { message, details: details.join('\n\n') } : { message };
 }
 
 function expectArgCount(args: unknown[], count: number): void {

@@ -21,7 +21,7 @@ import {
   LlmService,
   LLMServiceError,
   type ModelInfo,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import {
   devSidecarCommand,
   GREEDY,

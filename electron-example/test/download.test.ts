@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { type DownloadProgress, type DownloadProgressParams, LlmService, SidecarClient } from '../src/client/index.js';
+import { type DownloadProgress, type DownloadProgressParams, LlmService, SidecarClient } from '../client/src/index.js';
 import { devSidecarCommand, recordingLogger, sidecarError, tempDir } from './helpers/sidecar.js';
 
 const BODY = randomBytes(2 * 1024 * 1024 + 12_345);

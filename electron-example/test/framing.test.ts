@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { encodeMessage, type Frame, LineReader } from '../src/client/index.js';
+import { encodeMessage, type Frame, LineReader } from '../client/src/index.js';
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 

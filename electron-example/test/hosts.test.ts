@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 
-import { type LlmChunk, LlmService, LLMServiceError } from '../src/client/index.js';
+import { type LlmChunk, LlmService, LLMServiceError } from '../client/src/index.js';
 import { devSidecarCommand, GREEDY, PACKAGE_DIR, tempDir, TEST_LOAD, writeTinyModel } from './helpers/sidecar.js';
 
 const run = promisify(execFile);

@@ -18,7 +18,7 @@ import {
   type LlmService,
   LLMServiceError,
   StreamIdleTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { fakeService, fakeWithMarker } from './helpers/fake-service.js';
 import { running, until } from './helpers/sidecar.js';
 
@@ -358,7 +358,8 @@ describe('a model whose reload fails is forgotten', () => {
       await killSidecar(service);
       await assert.rejects(service.listModels(), (error: LLMServiceError) => {
         assert.equal(error.code, 'SIDECAR_EXITED');
-        assert.match(error.message, /GGML_ASSERT: out of memory/);
+        assert.equal(error.message, 'The sidecar exited unexpectedly (exit code 134).');
+        assert.match(error.details ?? '', /GGML_ASSERT: out of memory/);
         return true;
       });
       assert.ok(entries.some((e) => e.level === 'error' && /could not reload model fake .*forgot it/.test(e.message)));

@@ -12,7 +12,7 @@ import {
   LlmService,
   LLMServiceError,
   WorkerTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { FAKE_SIDECAR, fakeService } from './helpers/fake-service.js';
 import {
   devSidecarCommand,
@@ -245,9 +245,11 @@ describe('LlmService on the real sidecar', () => {
 
 describe('LlmService: replies that take longer than the worker timeout', () => {
   const models = tempDir();
-  const timeoutMs = 300;
+  // Short, so that the reply below takes several of it even on an idle machine (400 tokens took 0.5 s on
+  // one). A first chunk that misses it on a busy one is tried again (maxAttempts).
+  const timeoutMs = 100;
   const service = new LlmService({ sidecar: devSidecarCommand(), logger: () => {}, workerTimeoutMs: timeoutMs });
-  // Long enough to take several worker timeouts to generate on the slow model (a few hundred tokens/s).
+  // Long enough to take several worker timeouts to generate on the slow model (several hundred tokens/s).
   const long = { maxTokens: 400, raw: true, ...GREEDY };
 
   before(async () => {

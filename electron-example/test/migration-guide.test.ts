@@ -1,5 +1,6 @@
 /**
- * The migration guide's TypeScript snippets compile against the client: the "before" code (the old
+ * The migration guide's TypeScript snippets compile against the client as an app gets it (the
+ * package's name: its built types), under `tsc --init`'s strict settings: the "before" code (the old
  * API, unchanged) as much as the "after" code. Each ```ts block of docs/migration.md is checked as
  * a module of its own; its imports are replaced by the client's, and the names it uses without
  * defining them (the app's own: `win`, `modelFile`, …) are declared with the types the text implies.
@@ -21,7 +22,7 @@ import path from 'node:path';
 import { app } from 'electron';
 import {
   type GenerationResult, type LlmChunk, LlmService, LLMServiceError, type SidecarCommand, WorkerTimeoutError,
-} from '${path.join(PACKAGE_DIR, 'src', 'client', 'index.js')}';
+} from 'llama-sidecar-client';
 import { devSidecarCommand } from '${path.join(PACKAGE_DIR, 'src', 'sidecar-command.js')}';
 void [path, app, LlmService, LLMServiceError, WorkerTimeoutError, devSidecarCommand];
 `;
@@ -73,6 +74,7 @@ function typeCheck(modules: Map<string, string>): string[] {
     module: ts.ModuleKind.NodeNext,
     moduleResolution: ts.ModuleResolutionKind.NodeNext,
     strict: true,
+    exactOptionalPropertyTypes: true,
     noUncheckedIndexedAccess: true,
     noEmit: true,
     skipLibCheck: true,

@@ -5,14 +5,14 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import type { LoadModelOptions } from '../src/client/index.js';
+import type { LoadModelOptions } from '../client/src/index.js';
 import {
   countTokensParams,
   generationParams,
   loadCallOptions,
   loadModelParams,
   type PromptOptions,
-} from '../src/client/options.js';
+} from '../client/src/options.js';
 import { recordingLogger, REPO_ROOT } from './helpers/sidecar.js';
 
 test('the text is the user turn, after the system prompt and earlier messages', () => {

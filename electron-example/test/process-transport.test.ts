@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { type CloseEvent, type LLMServiceError, ProcessTransport } from '../src/client/index.js';
+import { type CloseEvent, type LLMServiceError, ProcessTransport } from '../client/src/index.js';
 import { type Recorded, recordingLogger } from './helpers/sidecar.js';
 
 function nodeChild(script: string, options: { closeGraceMs?: number; stderrTailLines?: number } = {}) {

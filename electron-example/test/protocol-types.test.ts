@@ -8,8 +8,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { type ProtocolMethods, SidecarClient } from '../src/client/index.js';
-import { generateProtocolTypes, OUTPUT_FILE } from '../scripts/generate-protocol-types.js';
+import { type ProtocolMethods, SidecarClient } from '../client/src/index.js';
+import { generateProtocolTypes, OUTPUT_FILE } from '../client/scripts/generate-protocol-types.js';
 import { REPO_ROOT } from './helpers/sidecar.js';
 
 /** Compiles only while every protocol method is a method of SidecarClient (under the same name). */

@@ -17,8 +17,9 @@ import { after, before, describe, test } from 'node:test';
 
 import { type Browser, chromium, type Page } from 'playwright-core';
 
-import { LlmService } from '../src/client/index.js';
+import { LlmService } from '../client/src/index.js';
 import { CHANNELS, type LlmIpcOptions, registerLlmIpc } from '../src/ipc.js';
+import { fakeService } from './helpers/fake-service.js';
 import { fakeIpcMain } from './helpers/ipc.js';
 import {
   devSidecarCommand,
@@ -151,14 +152,18 @@ describe('the chat page in headless Chromium, driving the real client', () => {
     models.remove();
   });
 
-  /** A page whose window.llm is the real preload over main's real IPC handlers. */
-  async function openChat(sampling: LlmIpcOptions['sampling']): Promise<Page> {
+  /** A page whose window.llm is the real preload over main's real IPC handlers, on `llm` loading `load`. */
+  async function openPage(
+    sampling: LlmIpcOptions['sampling'],
+    llm: LlmIpcOptions['service'] = service,
+    load: LlmIpcOptions['model'] = { modelPath: model, ...TEST_LOAD },
+  ): Promise<Page> {
     const page = await browser.newPage();
     const ipc = fakeIpcMain();
     let delivered = Promise.resolve();
     registerLlmIpc(ipc, {
-      service,
-      model: { modelPath: model, ...TEST_LOAD },
+      service: llm,
+      model: load,
       sampling,
       // One after another, so the page sees events in the order main sent them.
       emit: (event) => {
@@ -182,6 +187,12 @@ describe('the chat page in headless Chromium, driving the real client', () => {
     });
     await page.addInitScript({ content: PROGRESS_RECORDER });
     await page.goto(pageUrl);
+    return page;
+  }
+
+  /** `openPage` on the tiny model, once the model is ready. */
+  async function openChat(sampling: LlmIpcOptions['sampling']): Promise<Page> {
+    const page = await openPage(sampling);
     await page.waitForSelector('#model-state[data-state="ready"]', WAIT);
     return page;
   }
@@ -337,4 +348,35 @@ describe('the chat page in headless Chromium, driving the real client', () => {
     assert.equal(await page.evaluate(() => 'inlineRan' in window), false);
     await page.close();
   });
+
+  test(
+    'a sidecar that dies during the load: one line in the header, its stderr behind "details"',
+    { skip },
+    async () => {
+      const crashing = fakeService('crash-on-load', { restart: { maxRestarts: 0 } }).service;
+      try {
+        const page = await openPage({ maxTokens: 1 }, crashing, '/fake.gguf');
+        await page.waitForSelector('#model-state[data-state="error"]', WAIT);
+        const state = page.locator('#model-state');
+        assert.equal(await state.textContent(), 'Model error: The sidecar exited unexpectedly (signal SIGSEGV).');
+        const box = await state.boundingBox();
+        const lineHeight = await state.evaluate((node) => parseFloat(getComputedStyle(node).lineHeight) || 20);
+        assert.ok(box !== null && box.height <= lineHeight * 1.5, `one line high: ${JSON.stringify(box)}`);
+        // The details: closed at first, the stderr tail (no metadata dump) once opened.
+        const details = page.locator('#model-details details');
+        assert.equal(await details.count(), 1);
+        assert.equal(await details.evaluate((node) => (node as HTMLDetailsElement).open), false);
+        assert.equal(await page.locator('#model-details pre').isVisible(), false);
+        await page.click('#model-details summary');
+        assert.equal(await page.locator('#model-details pre').isVisible(), true);
+        const text = (await page.textContent('#model-details pre')) ?? '';
+        assert.match(text, /sidecar INFO /);
+        assert.doesNotMatch(text, /llama_model_loader: - kv|print_info: |chat template/);
+        assert.equal(await page.isEnabled('#load'), true, 'the load can be tried again');
+        await page.close();
+      } finally {
+        await crashing.dispose();
+      }
+    },
+  );
 });

@@ -10,7 +10,7 @@ import {
   type StreamChunkParams,
   StreamIdleTimeoutError,
   WorkerTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
 
 const quiet = (): void => {};
@@ -238,7 +238,7 @@ test('an already-aborted signal rejects with ABORTED and sends nothing', async (
   assert.equal(transport.sent.length, 0);
 });
 
-test('an exit rejects every pending call at once with SIDECAR_EXITED and the stderr tail', async () => {
+test('an exit rejects every pending call at once with SIDECAR_EXITED, the stderr tail as details', async () => {
   const { transport, rpc } = await connected();
   const calls = [rpc.request('prompt', {}), rpc.request('promptStream', {}, { onNotification: quiet })];
   transport.exit({ exitCode: null, signal: 'SIGKILL', stderrTail: ['last words'] });
@@ -246,7 +246,8 @@ test('an exit rejects every pending call at once with SIDECAR_EXITED and the std
     await assert.rejects(call, (error: unknown) => {
       assert.ok(error instanceof LLMServiceError);
       assert.equal(error.code, 'SIDECAR_EXITED');
-      assert.match(error.message, /signal SIGKILL[\s\S]*last words/);
+      assert.equal(error.message, 'The sidecar exited unexpectedly (signal SIGKILL).');
+      assert.equal(error.details, 'last words');
       assert.deepEqual(error.data, { exitCode: null, signal: 'SIGKILL', stderrTail: ['last words'] });
       return true;
     });

@@ -18,7 +18,7 @@ import {
   type ModelInfo,
   type SessionMessage,
   WorkerTimeoutError,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { FAKE_SIDECAR, fakeService } from './helpers/fake-service.js';
 import {
   devSidecarCommand,

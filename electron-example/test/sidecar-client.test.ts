@@ -10,7 +10,7 @@ import {
   type LoadProgressParams,
   SidecarClient,
   type StreamChunkParams,
-} from '../src/client/index.js';
+} from '../client/src/index.js';
 import { MemoryTransport } from './helpers/memory-transport.js';
 import {
   devSidecarCommand,

@@ -4,7 +4,9 @@
  * loads), sends each message of the conversation (main keeps the conversation
  * in a chat session, so every reply follows the earlier turns), shows the reply
  * as it streams, stops it on request, starts a new chat, and shows the load
- * state and tokens/s. After a reload it shows the conversation again. A classic
+ * state and tokens/s. A failure shows as one line, with its details (a crashed
+ * sidecar's last stderr lines) behind a "details" toggle. After a reload it
+ * shows the conversation again. A classic
  * script (no imports: none are needed, and it loads from file:// in Electron);
  * text goes into the DOM as text only.
  */
@@ -12,6 +14,7 @@
 type LlmEvent = import('../bridge-api.js').LlmEvent;
 type ChatTurn = import('../bridge-api.js').ChatTurn;
 type ModelState = import('../bridge-api.js').ModelState;
+type Failure = import('../bridge-api.js').Failure;
 type StreamEvent = Exclude<LlmEvent, { type: 'model' }>;
 
 interface Reply {
@@ -28,6 +31,7 @@ function element<T extends HTMLElement>(id: string): T {
 
 const ui = {
   modelState: element<HTMLSpanElement>('model-state'),
+  modelDetails: element<HTMLSpanElement>('model-details'),
   loadProgress: element<HTMLProgressElement>('load-progress'),
   load: element<HTMLButtonElement>('load'),
   newChat: element<HTMLButtonElement>('new-chat'),
@@ -65,9 +69,25 @@ function modelLabel(model: ModelState): string {
   }
 }
 
+/** A closed "details" toggle over `text` (as text, never markup). */
+function detailsToggle(text: string): HTMLDetailsElement {
+  const toggle = document.createElement('details');
+  toggle.className = 'details';
+  const summary = document.createElement('summary');
+  summary.textContent = 'details';
+  const body = document.createElement('pre');
+  body.textContent = text;
+  toggle.append(summary, body);
+  return toggle;
+}
+
 function showModelState(model: ModelState): void {
-  ui.modelState.textContent = modelLabel(model);
+  const label = modelLabel(model);
+  ui.modelState.textContent = label;
+  ui.modelState.title = label; // the whole line, where it is cut to fit
   ui.modelState.dataset['state'] = model.state;
+  const details = model.state === 'error' ? model.details : undefined;
+  ui.modelDetails.replaceChildren(...(details === undefined ? [] : [detailsToggle(details)]));
   ui.loadProgress.hidden = model.state !== 'loading';
   if (model.state === 'loading') ui.loadProgress.value = model.progress;
   modelReady = model.state === 'ready';
@@ -95,11 +115,12 @@ function addBubble(role: ChatTurn['role'], text: string): HTMLElement {
   return bubble;
 }
 
-function endReply(current: Reply, error?: string): void {
+function endReply(current: Reply, failure?: Failure): void {
   current.bubble.classList.remove('streaming');
-  if (error !== undefined) {
+  if (failure !== undefined) {
     current.bubble.classList.add('error');
-    current.bubble.textContent = `Error: ${error}`;
+    current.bubble.textContent = `Error: ${failure.message}`;
+    if (failure.details !== undefined) current.bubble.append(detailsToggle(failure.details));
   }
   if (reply === current) reply = undefined;
   refreshButtons();
@@ -123,7 +144,7 @@ function onStreamEvent(event: StreamEvent): void {
     ui.stats.textContent = `${event.completionTokens} tokens · ${speed} · first token ${Math.round(event.ttftMs)} ms · ${event.finishReason}`;
     endReply(current);
   } else {
-    endReply(current, event.message);
+    endReply(current, event);
   }
 }
 
@@ -138,7 +159,7 @@ async function send(text: string): Promise<void> {
   try {
     current.streamId = await window.llm.send(text);
   } catch (error) {
-    endReply(current, error instanceof Error ? error.message : String(error));
+    endReply(current, { message: error instanceof Error ? error.message : String(error) });
     return;
   }
   if (reply !== current) return; // a new chat began meanwhile

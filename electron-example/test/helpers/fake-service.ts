@@ -2,7 +2,7 @@
 
 import path from 'node:path';
 
-import { LlmService, type LlmServiceOptions, type Logger } from '../../src/client/index.js';
+import { LlmService, type LlmServiceOptions, type Logger } from '../../client/src/index.js';
 import { PACKAGE_DIR, type Recorded, recordingLogger } from './sidecar.js';
 
 export const FAKE_SIDECAR = path.join(PACKAGE_DIR, 'test', 'fixtures', 'fake-sidecar.mjs');

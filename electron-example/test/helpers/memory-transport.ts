@@ -4,7 +4,7 @@
  * if the sidecar wrote it; `exit` ends the channel like a process exit.
  */
 
-import type { CloseEvent, ExitInfo, LLMServiceError, Transport } from '../../src/client/index.js';
+import type { CloseEvent, ExitInfo, LLMServiceError, Transport } from '../../client/src/index.js';
 
 export class MemoryTransport implements Transport {
   onmessage?: (message: unknown) => void;

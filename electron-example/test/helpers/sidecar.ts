@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
-import { type Logger, LLMServiceError, type LogLevel } from '../../src/client/index.js';
+import { type Logger, LLMServiceError, type LogLevel } from '../../client/src/index.js';
 import { devPython, devSidecarCommand, PACKAGE_DIR, REPO_ROOT } from '../../src/sidecar-command.js';
 
 export { devSidecarCommand, PACKAGE_DIR, REPO_ROOT };

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 
-import { type ExitInfo, type LLMServiceError, ProcessTransport } from '../../src/client/index.js';
+import { type ExitInfo, type LLMServiceError, ProcessTransport } from '../../client/src/index.js';
 import { devSidecarCommand } from './sidecar.js';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };

@@ -1,5 +1,6 @@
 /**
- * Generates src/client/protocol-types.ts from the protocol's JSON Schemas.
+ * Generates src/protocol-types.ts from the protocol's JSON Schemas (the
+ * repository's protocol/schema, two folders above this package).
  *
  *   tsx scripts/generate-protocol-types.ts          write the file
  *   tsx scripts/generate-protocol-types.ts --check  exit 1 if the file differs (drift)
@@ -21,8 +22,8 @@ import { fileURLToPath } from 'node:url';
 import { compile, type JSONSchema } from 'json-schema-to-typescript';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const SCHEMA_DIR = path.resolve(HERE, '../../protocol/schema');
-export const OUTPUT_FILE = path.resolve(HERE, '../src/client/protocol-types.ts');
+export const SCHEMA_DIR = path.resolve(HERE, '../../../protocol/schema');
+export const OUTPUT_FILE = path.resolve(HERE, '../src/protocol-types.ts');
 
 /** Titles that would shadow a global in the generated module. */
 const RENAMES: Readonly<Record<string, string>> = { Error: 'ErrorObject' };
@@ -35,7 +36,7 @@ const ANNOTATION_KEYWORDS = new Set(['title', 'description', '$comment', 'exampl
 type Schema = { [key: string]: unknown };
 
 const BANNER = `/**
- * The protocol's types, generated from ../protocol/schema by
+ * The protocol's types, generated from the repository's protocol/schema by
  * scripts/generate-protocol-types.ts. Do not edit: run \`npm run generate\`.
  * A test fails when this file differs from what the schemas produce.
  */`;
@@ -169,7 +170,7 @@ async function main(): Promise<void> {
   if (process.argv.includes('--check')) {
     const current = readFileSync(OUTPUT_FILE, 'utf8');
     if (current !== generated) {
-      console.error(`${OUTPUT_FILE} is out of date with ../protocol/schema; run npm run generate`);
+      console.error(`${OUTPUT_FILE} is out of date with ${SCHEMA_DIR}; run npm run generate`);
       process.exit(1);
     }
     console.log('protocol-types.ts matches the schemas');

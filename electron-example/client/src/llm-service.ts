@@ -29,6 +29,7 @@ import { LoadedModels } from './loaded-models.js';
 import { defaultLogger, type Logger } from './log.js';
 import {
   countTokensParams,
+  definedOnly,
   generationParams,
   loadCallOptions,
   loadModelParams,
@@ -88,7 +89,7 @@ export class LlmService {
   constructor(private readonly options: LlmServiceOptions = {}) {
     this.logger = options.logger ?? defaultLogger;
     this.loaded = new LoadedModels(this.logger);
-    const policy = { ...DEFAULT_RESTART_POLICY, ...options.restart };
+    const policy = { ...DEFAULT_RESTART_POLICY, ...definedOnly(options.restart ?? {}) };
     this.supervisor = new Supervisor((signal) => this.startSidecar(signal), policy, this.logger);
     this.maxAttempts = Math.max(options.maxAttempts ?? 2, 1);
     const idleTimeoutMs = options.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
@@ -187,14 +188,14 @@ export class LlmService {
   async tokenize(text: string, options: TokenizeOptions = {}): Promise<number[]> {
     const { timeoutMs, ...params } = options;
     const client = await this.supervisor.acquire();
-    return (await client.tokenize({ ...params, text }, { timeoutMs })).tokens;
+    return (await client.tokenize({ ...definedOnly(params), text }, { timeoutMs })).tokens;
   }
 
   /** The text of `tokens` (control tokens left out unless `options.special`). */
   async detokenize(tokens: readonly number[], options: DetokenizeOptions = {}): Promise<string> {
     const { timeoutMs, ...params } = options;
     const client = await this.supervisor.acquire();
-    return (await client.detokenize({ ...params, tokens: [...tokens] }, { timeoutMs })).text;
+    return (await client.detokenize({ ...definedOnly(params), tokens: [...tokens] }, { timeoutMs })).text;
   }
 
   /**
@@ -215,7 +216,8 @@ export class LlmService {
   async embed(input: string | readonly string[], options: EmbedOptions = {}): Promise<EmbedResult> {
     const { timeoutMs, ...params } = options;
     const client = await this.supervisor.acquire();
-    return client.embed({ ...params, input: typeof input === 'string' ? input : [...input] }, { timeoutMs });
+    const texts = typeof input === 'string' ? input : [...input];
+    return client.embed({ ...definedOnly(params), input: texts }, { timeoutMs });
   }
 
   /** A GGUF file's facts (architecture, size, quantization, chat template, …) from its header, without loading it. */

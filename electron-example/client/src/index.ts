@@ -5,7 +5,7 @@
  * and `ChatSession` (from `LlmService.createSession`) its multi-turn chat;
  * `SidecarClient` is one sidecar process with a typed method per protocol
  * method; the transport and framing pieces are exported for hosts that wire
- * their own. Protocol types are generated from ../protocol/schema.
+ * their own. Protocol types are generated from the repository's protocol/schema.
  */
 
 export type { PromptHandle } from './cancellers.js';
@@ -17,7 +17,7 @@ export {
   TimeLimitError,
   WorkerTimeoutError,
 } from './errors.js';
-export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode } from './errors.js';
+export type { ClientErrorCode, ExitInfo, LLMServiceErrorCode, LLMServiceErrorOptions } from './errors.js';
 export { DEFAULT_MAX_LINE_BYTES, encodeMessage, LineReader } from './framing.js';
 export type { Frame, Line, LineTooLong } from './framing.js';
 export { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_WORKER_TIMEOUT_MS, LlmService } from './llm-service.js';
@@ -33,6 +33,7 @@ export type {
   PromptOptions,
   RepeatPenaltyOptions,
   SessionPromptOptions,
+  UndefinedAllowed,
 } from './options.js';
 export { ProcessTransport } from './process-transport.js';
 export type { ProcessTransportOptions, SidecarCommand } from './process-transport.js';

@@ -3,8 +3,8 @@
  *
  * It only manages the child: spawns it (hidden window on Windows), frames
  * stdout into JSON messages, always drains stderr (forwarded to the logger,
- * with a tail of the last lines kept for error messages), and closes it with
- * stdin end, then SIGTERM, then SIGKILL, waiting between steps. It knows
+ * its tail kept for crash reports: stderr-tail.ts), and closes it with stdin
+ * end, then SIGTERM, then SIGKILL, waiting between steps. It knows
  * nothing of JSON-RPC: ids, methods and errors belong to the layer above.
  */
 
@@ -13,6 +13,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { type ExitInfo, LLMServiceError } from './errors.js';
 import { DEFAULT_MAX_LINE_BYTES, encodeMessage, type Frame, LineReader } from './framing.js';
 import { defaultLogger, type Logger, type LogLevel } from './log.js';
+import { StderrTail } from './stderr-tail.js';
 import type { CloseEvent, Transport } from './transport.js';
 
 /** The environment variable that tells the sidecar whose death to outlive by no more than a moment. */
@@ -21,20 +22,21 @@ export const PARENT_PID_ENV = 'LLAMA_SIDECAR_PARENT_PID';
 /** How to start the sidecar: the venv's python with `-m sidecar`, or a packaged executable. */
 export interface SidecarCommand {
   readonly command: string;
-  readonly args?: readonly string[];
-  readonly cwd?: string;
+  readonly args?: readonly string[] | undefined;
+  readonly cwd?: string | undefined;
   /** The child's whole environment; the parent's when absent. `LLAMA_SIDECAR_PARENT_PID` is added either way. */
-  readonly env?: NodeJS.ProcessEnv;
+  readonly env?: NodeJS.ProcessEnv | undefined;
 }
 
+/** Every option may be `undefined` (its default), as `SidecarClientOptions`' may. */
 export interface ProcessTransportOptions extends SidecarCommand {
-  readonly logger?: Logger;
-  /** How many stderr lines to keep for error messages (default 40). */
-  readonly stderrTailLines?: number;
+  readonly logger?: Logger | undefined;
+  /** How many stderr lines to keep for crash reports (default 40; a model load's metadata dump is not kept). */
+  readonly stderrTailLines?: number | undefined;
   /** Longest stdout line accepted; longer ones are dropped and reported (default 64 MiB). */
-  readonly maxLineBytes?: number;
+  readonly maxLineBytes?: number | undefined;
   /** How long `close()` waits after ending stdin, and again after SIGTERM (default 2000 ms). */
-  readonly closeGraceMs?: number;
+  readonly closeGraceMs?: number | undefined;
 }
 
 const MAX_STDERR_LINE_BYTES = 64 * 1024;
@@ -57,7 +59,7 @@ export class ProcessTransport implements Transport {
   private child: ChildProcessWithoutNullStreams | undefined;
   private readonly stdoutLines: LineReader;
   private readonly stderrLines = new LineReader(MAX_STDERR_LINE_BYTES);
-  private readonly tail: string[] = [];
+  private readonly tail: StderrTail;
   private readonly logger: Logger;
   private closing = false;
   private exitInfo: ExitInfo | undefined;
@@ -67,6 +69,7 @@ export class ProcessTransport implements Transport {
   constructor(private readonly options: ProcessTransportOptions) {
     this.logger = options.logger ?? defaultLogger;
     this.stdoutLines = new LineReader(options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES);
+    this.tail = new StderrTail(options.stderrTailLines ?? 40);
     this.exited = new Promise((resolve) => {
       this.markExited = resolve;
     });
@@ -181,11 +184,9 @@ export class ProcessTransport implements Transport {
   private onStderr(chunk: Buffer | undefined): void {
     if (chunk === undefined) this.stderrLines.flush();
     else this.stderrLines.append(chunk);
-    const keep = this.options.stderrTailLines ?? 40;
     for (let frame = this.stderrLines.read(); frame !== undefined; frame = this.stderrLines.read()) {
       const line = frame.tooLong ? `[${frame.size} bytes of stderr skipped]` : frame.text;
       this.tail.push(line);
-      if (this.tail.length > keep) this.tail.shift();
       this.logger(stderrLevel(line), `sidecar: ${line}`);
     }
   }
@@ -196,7 +197,7 @@ export class ProcessTransport implements Transport {
   }
 
   private finish(exitCode: number | null, signal: NodeJS.Signals | null): void {
-    this.exitInfo = { exitCode, signal, stderrTail: [...this.tail] };
+    this.exitInfo = { exitCode, signal, ...this.tail.snapshot() };
     this.markExited();
     this.onclose?.({ expected: this.closing, exit: this.exitInfo });
   }

@@ -21,27 +21,27 @@ import type { LoadOptions } from './service-options.js';
  */
 export interface IgnoredLoadOptions {
   /** @deprecated Ignored (a warning is logged). */
-  useMlock?: boolean;
+  useMlock?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  vocabOnly?: boolean;
+  vocabOnly?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  checkTensors?: boolean;
+  checkTensors?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
   lora?: unknown;
   /** @deprecated Ignored (a warning is logged). */
-  ignoreMemorySafetyChecks?: boolean;
+  ignoreMemorySafetyChecks?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  defaultContextFlashAttention?: boolean;
+  defaultContextFlashAttention?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  flashAttention?: boolean;
+  flashAttention?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  sequences?: number;
+  sequences?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
   batching?: unknown;
   /** @deprecated Ignored (a warning is logged). */
-  swaFullCache?: boolean;
+  swaFullCache?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  performanceTracking?: boolean;
+  performanceTracking?: boolean | undefined;
 }
 
 /**
@@ -51,9 +51,9 @@ export interface IgnoredLoadOptions {
  */
 export interface NodeLlamaCppLoadValues {
   /** Layers to offload to a GPU; `'max'`: all of them; `'auto'`: the sidecar's default, 0 (a note is logged). */
-  gpuLayers?: number | 'auto' | 'max';
+  gpuLayers?: number | 'auto' | 'max' | undefined;
   /** Context size in tokens; `'auto'`: the sidecar's default, min(training context, 4096) (a note is logged). */
-  contextSize?: number | 'auto';
+  contextSize?: number | 'auto' | undefined;
 }
 
 /**
@@ -62,30 +62,36 @@ export interface NodeLlamaCppLoadValues {
  */
 export interface NodeLlamaCppLoadCallbacks {
   /** The load's progress, 0 to 1 (see `LoadOptions.onLoadProgress`). */
-  onLoadProgress?: (progress: number) => void;
+  onLoadProgress?: ((progress: number) => void) | undefined;
   /** Cancels the load (see `LoadOptions.signal`). */
-  loadSignal?: AbortSignal;
+  loadSignal?: AbortSignal | undefined;
 }
 
+/**
+ * `T` whose optional properties take `undefined` too (meaning: the default), as every option of this
+ * client does, so that a host built with exactOptionalPropertyTypes can pass its own optional values on.
+ */
+export type UndefinedAllowed<T> = { [K in keyof T]: {} extends Pick<T, K> ? T[K] | undefined : T[K] };
+
 /** `loadModel`'s options: the protocol's params (node-llama-cpp uses the same names, and values), and node-llama-cpp's others. */
-export type LoadModelOptions = Omit<LoadModelParams, keyof NodeLlamaCppLoadValues> &
+export type LoadModelOptions = UndefinedAllowed<Omit<LoadModelParams, keyof NodeLlamaCppLoadValues>> &
   NodeLlamaCppLoadValues &
   NodeLlamaCppLoadCallbacks &
   IgnoredLoadOptions;
 
 /** node-llama-cpp's `repeatPenalty` object: only `penalty` has a counterpart in the sidecar. */
 export interface RepeatPenaltyOptions {
-  penalty?: number;
+  penalty?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  frequencyPenalty?: number;
+  frequencyPenalty?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  presencePenalty?: number;
+  presencePenalty?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  lastTokens?: number;
+  lastTokens?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  penalizeNewLine?: boolean;
+  penalizeNewLine?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  punishTokensFilter?: (tokens: number[]) => number[];
+  punishTokensFilter?: ((tokens: number[]) => number[]) | undefined;
 }
 
 /**
@@ -94,59 +100,59 @@ export interface RepeatPenaltyOptions {
  */
 export interface IgnoredPromptOptions {
   /** @deprecated Ignored (a warning is logged). */
-  onToken?: (tokens: number[]) => void;
+  onToken?: ((tokens: number[]) => void) | undefined;
   /** @deprecated Ignored (a warning is logged): a cancelled prompt always resolves with the text so far. */
-  stopOnAbortSignal?: boolean;
+  stopOnAbortSignal?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  trimWhitespaceSuffix?: boolean;
+  trimWhitespaceSuffix?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  responsePrefix?: string;
+  responsePrefix?: string | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  evaluationPriority?: number;
+  evaluationPriority?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
   tokenBias?: unknown;
   /** @deprecated Ignored (a warning is logged). */
-  functions?: Record<string, unknown>;
+  functions?: Record<string, unknown> | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  documentFunctionParams?: boolean;
+  documentFunctionParams?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  budgets?: { thoughtTokens?: number; commentTokens?: number };
+  budgets?: { thoughtTokens?: number; commentTokens?: number } | undefined;
 }
 
 export interface PromptOptions extends IgnoredPromptOptions {
-  maxTokens?: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
+  maxTokens?: number | undefined;
+  temperature?: number | undefined;
+  topK?: number | undefined;
+  topP?: number | undefined;
+  minP?: number | undefined;
   /** A number, or node-llama-cpp's `{penalty}` object (its other fields are ignored); `false` turns it off. */
-  repeatPenalty?: number | false | RepeatPenaltyOptions;
-  seed?: number;
-  stop?: string[];
+  repeatPenalty?: number | false | RepeatPenaltyOptions | undefined;
+  seed?: number | undefined;
+  stop?: string[] | undefined;
   /** node-llama-cpp's name for `stop` (only string triggers are supported). */
-  customStopTriggers?: readonly (string | readonly unknown[])[];
+  customStopTriggers?: readonly (string | readonly unknown[])[] | undefined;
   /** Earlier turns of the conversation; the prompt text follows them as the user's turn. */
-  messages?: ChatMessage[];
+  messages?: ChatMessage[] | undefined;
   /** node-llama-cpp's system prompt: sent as the first, `system`, message. */
-  systemPrompt?: string;
+  systemPrompt?: string | undefined;
   /** A GBNF grammar (llama.cpp's format, rule `root` first) every token of the reply must follow. Not with `jsonSchema`. */
-  grammar?: string;
+  grammar?: string | undefined;
   /**
    * A JSON Schema the reply must satisfy. The result (`promptWithResult`, `promptStream`) then has
    * `json`, the reply parsed, when it ended with finishReason "stop". Not with `grammar`.
    */
-  jsonSchema?: Record<string, unknown>;
+  jsonSchema?: Record<string, unknown> | undefined;
   /** Send the text as a raw completion prompt instead of a user chat message. */
-  raw?: boolean;
-  modelId?: string;
+  raw?: boolean | undefined;
+  modelId?: string | undefined;
   /** Cancels the prompt; the call then resolves with what was generated so far (finishReason "cancelled"). */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** A key for `LlmService.cancel(requestId)`; one is made up when absent (the handle's `requestId`). */
-  requestId?: string;
+  requestId?: string | undefined;
   /** This call's worker timeout, instead of the service's `workerTimeoutMs`. */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** node-llama-cpp's: the text of each chunk, as it comes (`prompt` too runs as a stream); after `onChunk`. */
-  onTextChunk?: (text: string) => void;
+  onTextChunk?: ((text: string) => void) | undefined;
 }
 
 /**
@@ -307,6 +313,13 @@ const REPEAT_PENALTY_KEYS = new Set(['penalty']);
 /** node-llama-cpp's `repeatPenalty` object: only its `penalty` is sent. */
 function warnRepeatPenalty(value: PromptOptions['repeatPenalty'], call: string, logger: Logger): void {
   if (typeof value === 'object') warnUnknown(value, REPEAT_PENALTY_KEYS, call, logger, 'repeatPenalty.');
+}
+
+/** `options` without its `undefined` values: the protocol's params take a value or nothing. */
+export function definedOnly<T extends object>(options: T): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as {
+    [K in keyof T]: Exclude<T[K], undefined>;
+  };
 }
 
 function isString(value: unknown): value is string {

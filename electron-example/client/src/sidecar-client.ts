@@ -64,16 +64,17 @@ import type { CloseEvent, Transport } from './transport.js';
  */
 export const PROTOCOL_VERSION = '1.2';
 
+/** Every option may be `undefined` (its default), so that a host can pass its own optional settings on. */
 export interface SidecarClientOptions {
-  readonly logger?: Logger;
+  readonly logger?: Logger | undefined;
   /** Sent with `initialize`; the sidecar logs it. */
-  readonly clientInfo?: ClientInfo;
+  readonly clientInfo?: ClientInfo | undefined;
   /** Spawn through `initialize`'s answer (default 30 s); past it the process is killed. */
-  readonly startTimeoutMs?: number;
+  readonly startTimeoutMs?: number | undefined;
   /** Default timeout of every method but loadModel, prompt, promptStream and downloadModel (default 60 s). */
-  readonly requestTimeoutMs?: number;
+  readonly requestTimeoutMs?: number | undefined;
   /** Default timeout of loadModel (default 5 min). Prompts and downloads have none unless a call sets one. */
-  readonly loadTimeoutMs?: number;
+  readonly loadTimeoutMs?: number | undefined;
   /** How long `close` waits for `shutdown`'s answer (default 2 s); a process transport waits as long at each later step. */
   readonly closeGraceMs?: number | undefined;
   /** Default of every call's `cancelGraceMs`: how long a cancelled call waits for its answer (default 5 s). */

@@ -1,5 +1,5 @@
 /**
- * The protocol's types, generated from ../protocol/schema by
+ * The protocol's types, generated from the repository's protocol/schema by
  * scripts/generate-protocol-types.ts. Do not edit: run `npm run generate`.
  * A test fails when this file differs from what the schemas produce.
  */

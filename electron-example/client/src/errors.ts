@@ -8,6 +8,8 @@
  * codes, not where they come from.
  */
 
+import { clip, detailsText, MAX_ERROR_CHARS } from './stderr-tail.js';
+
 /** Codes of failures detected by the client, never sent by the sidecar. */
 export type ClientErrorCode =
   /** No answer (for prompts, no first chunk) in time, or no answer to a cancel in time. */
@@ -32,19 +34,33 @@ export type LLMServiceErrorCode = number | ClientErrorCode;
 export interface ExitInfo {
   readonly exitCode: number | null;
   readonly signal: string | null;
-  /** The last lines the sidecar wrote to stderr, oldest first. */
+  /** The last lines the sidecar wrote to stderr, oldest first, without a model load's metadata dump. */
   readonly stderrTail: readonly string[];
+  /** The last llama.cpp error line among the recent stderr lines (a logged error, or a GGML_ASSERT), if any. */
+  readonly lastLlamaError?: string;
+}
+
+export interface LLMServiceErrorOptions {
+  readonly cause?: unknown;
+  /** More text than fits the one-line message: for a dead sidecar, the tail of its stderr. */
+  readonly details?: string | undefined;
 }
 
 export class LLMServiceError extends Error {
   override readonly name: string = 'LLMServiceError';
   readonly code: LLMServiceErrorCode;
   readonly data: unknown;
+  /**
+   * What a log or a "details" view may show beyond the message: for `SIDECAR_EXITED`, the
+   * sidecar's last stderr lines (capped, without the model-metadata dump). Undefined for most errors.
+   */
+  readonly details: string | undefined;
 
-  constructor(code: LLMServiceErrorCode, message: string, data?: unknown, options?: { cause?: unknown }) {
+  constructor(code: LLMServiceErrorCode, message: string, data?: unknown, options: LLMServiceErrorOptions = {}) {
     super(message, options);
     this.code = code;
     this.data = data;
+    this.details = options.details;
   }
 
   /** True for an error response of the sidecar (numeric code), false for the client's own. */
@@ -103,11 +119,16 @@ export function disposedError(): LLMServiceError {
   return new LLMServiceError('CLOSED', 'The LLM service was disposed.');
 }
 
-/** The error every pending call gets when the sidecar ends without being asked to. */
+/**
+ * The error every pending call gets when the sidecar ends without being asked to: a one-line
+ * message (the signal or exit code, and llama.cpp's last error line if there is one), the stderr
+ * tail as `details`, the exit facts as `data`.
+ */
 export function sidecarExitedError(info: ExitInfo): LLMServiceError {
   const how = info.signal !== null ? `signal ${info.signal}` : `exit code ${String(info.exitCode)}`;
-  const tail = info.stderrTail.length > 0 ? ` Last stderr lines:\n${info.stderrTail.join('\n')}` : '';
-  return new LLMServiceError('SIDECAR_EXITED', `The sidecar exited unexpectedly (${how}).${tail}`, info);
+  const llama = info.lastLlamaError === undefined ? '' : ` llama.cpp: ${clip(info.lastLlamaError, MAX_ERROR_CHARS)}`;
+  const message = `The sidecar exited unexpectedly (${how}).${llama}`;
+  return new LLMServiceError('SIDECAR_EXITED', message, info, { details: detailsText(info.stderrTail) });
 }
 
 /** The error of a call whose every attempt timed out (each one a `WorkerTimeoutError`, the last as `cause`). */
