@@ -69,10 +69,7 @@ test('unknown option names are logged and left out', () => {
 
 test("node-llama-cpp's other names compile (no cast) and are left out with a warning", () => {
   const { logger, entries } = recordingLogger();
-  const load = loadModelParams(
-    { modelPath: '/m.gguf', contextSize: 512, useMlock: true, flashAttention: true },
-    logger,
-  );
+  const load = loadModelParams({ modelPath: '/m.gguf', contextSize: 512, useMlock: true, swaFullCache: true }, logger);
   assert.deepEqual(load, { modelPath: '/m.gguf', contextSize: 512 });
   const prompt = generationParams(
     'x',
@@ -87,7 +84,7 @@ test("node-llama-cpp's other names compile (no cast) and are left out with a war
   assert.deepEqual(
     entries.map((e) => [e.level, e.message]),
     [
-      ['warn', 'loadModel: ignored option(s) the sidecar does not support: useMlock, flashAttention'],
+      ['warn', 'loadModel: ignored option(s) the sidecar does not support: useMlock, swaFullCache'],
       ['warn', 'prompt: ignored option(s) the sidecar does not support: onToken, trimWhitespaceSuffix'],
       [
         'warn',
@@ -95,6 +92,24 @@ test("node-llama-cpp's other names compile (no cast) and are left out with a war
       ],
     ],
   );
+});
+
+test("node-llama-cpp's flashAttention and defaultContextFlashAttention become the sidecar's flashAttention", () => {
+  const { logger, entries } = recordingLogger();
+  assert.deepEqual(loadModelParams({ modelPath: '/m.gguf', flashAttention: false }, logger), {
+    modelPath: '/m.gguf',
+    flashAttention: false,
+  });
+  assert.deepEqual(loadModelParams({ modelPath: '/m.gguf', defaultContextFlashAttention: true }, logger), {
+    modelPath: '/m.gguf',
+    flashAttention: true,
+  });
+  assert.deepEqual(
+    loadModelParams({ modelPath: '/m.gguf', flashAttention: false, defaultContextFlashAttention: true }, logger),
+    { modelPath: '/m.gguf', flashAttention: false },
+  );
+  assert.deepEqual(loadModelParams({ modelPath: '/m.gguf' }, logger), { modelPath: '/m.gguf' });
+  assert.deepEqual(entries, []);
 });
 
 test('grammar and jsonSchema pass through to the params', () => {

@@ -31,10 +31,6 @@ export interface IgnoredLoadOptions {
   /** @deprecated Ignored (a warning is logged). */
   ignoreMemorySafetyChecks?: boolean | undefined;
   /** @deprecated Ignored (a warning is logged). */
-  defaultContextFlashAttention?: boolean | undefined;
-  /** @deprecated Ignored (a warning is logged). */
-  flashAttention?: boolean | undefined;
-  /** @deprecated Ignored (a warning is logged). */
   sequences?: number | undefined;
   /** @deprecated Ignored (a warning is logged). */
   batching?: unknown;
@@ -54,6 +50,8 @@ export interface NodeLlamaCppLoadValues {
   gpuLayers?: number | 'auto' | 'max' | undefined;
   /** Context size in tokens; `'auto'`: the sidecar's default, min(training context, 4096) (a note is logged). */
   contextSize?: number | 'auto' | undefined;
+  /** node-llama-cpp's model-level name for `flashAttention` (used when that is not given). */
+  defaultContextFlashAttention?: boolean | undefined;
 }
 
 /**
@@ -177,7 +175,14 @@ const PROMPT_KEYS = new Set<string>([...SESSION_PROMPT_KEYS, 'modelId', 'message
 const PASSED_LOAD_KEYS = ['modelPath', 'modelId', 'threads', 'batchSize', 'useMmap', 'seed'] as const;
 /** `loadModel`'s options the service takes (the callbacks), not sent either. */
 const LOAD_CALL_KEYS = ['onLoadProgress', 'loadSignal'] as const;
-const LOAD_KEYS = new Set<string>([...PASSED_LOAD_KEYS, ...LOAD_CALL_KEYS, 'contextSize', 'gpuLayers']);
+const LOAD_KEYS = new Set<string>([
+  ...PASSED_LOAD_KEYS,
+  ...LOAD_CALL_KEYS,
+  'contextSize',
+  'gpuLayers',
+  'flashAttention',
+  'defaultContextFlashAttention',
+]);
 /**
  * gpuLayers `'max'`: the maximum protocol/schema/methods/loadModel.json allows, more layers than any
  * model has, so llama.cpp offloads them all.
@@ -264,6 +269,8 @@ export function loadModelParams(pathOrOptions: string | LoadModelOptions, logger
     if (pathOrOptions[key] !== undefined) Object.assign(params, { [key]: pathOrOptions[key] });
   }
   const { gpuLayers, contextSize } = pathOrOptions;
+  const flashAttention = pathOrOptions.flashAttention ?? pathOrOptions.defaultContextFlashAttention;
+  if (flashAttention !== undefined) params.flashAttention = flashAttention;
   if (typeof contextSize === 'number') params.contextSize = contextSize;
   if (typeof gpuLayers === 'number') params.gpuLayers = gpuLayers;
   if (gpuLayers === 'max') params.gpuLayers = ALL_GPU_LAYERS;
