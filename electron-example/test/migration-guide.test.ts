@@ -23,8 +23,8 @@ import { app } from 'electron';
 import {
   type GenerationResult, type LlmChunk, LlmService, LLMServiceError, type SidecarCommand, WorkerTimeoutError,
 } from 'llama-sidecar-client';
-import { devSidecarCommand } from '${path.join(PACKAGE_DIR, 'src', 'sidecar-command.js')}';
-void [path, app, LlmService, LLMServiceError, WorkerTimeoutError, devSidecarCommand];
+import { devSidecarCommand, packagedSidecarCommand } from '${path.join(PACKAGE_DIR, 'src', 'sidecar-command.js')}';
+void [path, app, LlmService, LLMServiceError, WorkerTimeoutError, devSidecarCommand, packagedSidecarCommand];
 `;
 
 /** The app's own names the snippets use, declared when a snippet uses one without defining it. */
