@@ -10,7 +10,7 @@ NATIVE_VENV := bench/.native-venv
 NODE_DIR := electron-example
 PROMPT ?= Explain in three sentences why the sky is blue.
 
-.PHONY: demo test check install browser qemu package bench bench-smoke
+.PHONY: demo test check install browser qemu package app bench bench-smoke
 
 demo: $(VENV)/.installed
 	$(PY) -m sidecar.demo "$(PROMPT)"
@@ -28,7 +28,12 @@ package: $(VENV)/.installed
 	LLAMA_SIDECAR_PACKAGE_MODEL=$(MODEL) $(PY) -m PyInstaller --noconfirm --log-level WARN \
 		--distpath dist --workpath build/pyinstaller package/llama-sidecar.spec
 
-# The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/latest.*
+# The Electron example, unpacked, with the frozen sidecar in its resources (electron-builder
+# downloads Electron's own zip, which this workplace's network does not reach).
+app: package $(NODE_DIR)/node_modules/.installed
+	cd $(NODE_DIR) && npm run package -- --dir
+
+# The benchmark (bench/README.md): about 8 minutes on a quiet machine; writes bench/results/<CPU family>/latest.*
 bench: bench/.installed $(NODE_DIR)/node_modules/.installed package
 	cd $(NODE_DIR) && npm run build
 	$(PY) bench/run.py
@@ -65,7 +70,7 @@ $(VENV)/.installed: pyproject.toml native/build_wheel.py native/tile_config_chec
 	touch $@
 
 # Electron's own binary comes from GitHub, not npm; the example needs only its types.
-$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json $(NODE_DIR)/client/package-lock.json
 	cd $(NODE_DIR) && ELECTRON_SKIP_BINARY_DOWNLOAD=1 npm ci --no-audit --no-fund
 	touch $@
 
