@@ -8,19 +8,21 @@ belong to the rpc layer, models and threads to the service.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from .downloads import Progress, download_in_thread
 from .engine.api import ChatMessage, CpuBackend, LoadOptions
-from .errors import InvalidParams
+from .errors import InvalidParams, RequestCancelled
 from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
 from .schema import method_names, notification_names, params_validator
@@ -31,6 +33,7 @@ from .service import (
     LoadedModel,
     ModelService,
     Session,
+    Timings,
 )
 from .settings import Settings
 
@@ -138,11 +141,13 @@ class _Handlers:
             use_mmap=params.get("useMmap"),
         )
 
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
         loaded = await self._service.load(
-            path, params.get("modelId"), options, params.get("seed"), _LoadProgress(context), cancelled
+            path,
+            params.get("modelId"),
+            options,
+            params.get("seed"),
+            _LoadProgress(context),
+            _cancel_check(context),
         )
         return self._model_info(loaded)
 
@@ -198,14 +203,20 @@ class _Handlers:
     async def prompt_stream(self, context: RequestContext, params: Params) -> object:
         return await self._generate(context, params, _ChunkStream(context))
 
-    async def _generate(self, context: RequestContext, params: Params, sink: GenerationSink) -> object:
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
+    async def _generate(self, context: RequestContext, params: Params, sink: _Sink) -> object:
         request = _generation_request(params)
-        result = await self._service.generate(
-            request, sink, cancelled, context.received_ns, on_cancel=context.cancel_token.on_cancel
-        )
+        try:
+            result = await self._service.generate(
+                request,
+                sink,
+                _cancel_check(context),
+                context.received_ns,
+                on_cancel=context.cancel_token.on_cancel,
+            )
+        except asyncio.CancelledError:
+            # The stop sequence cuts short a prompt still inside native code that cannot be
+            # interrupted (a grammar's set-up, a chat template): it ends here, as cancelled.
+            result = sink.cut_short(context.received_ns)
         log.info(
             "request %r: %d prompt tokens, %d generated, %s, %.1f tokens/s",
             context.request_id,
@@ -272,11 +283,10 @@ class _Handlers:
                 update["total"] = progress.total
             context.notify("downloadProgress", update)
 
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
         # A thread of its own, not asyncio's shared pool: see download_in_thread.
-        outcome = await download_in_thread(url, destination, params.get("sha256"), report, cancelled)
+        outcome = await download_in_thread(
+            url, destination, params.get("sha256"), report, _cancel_check(context)
+        )
         return {
             "modelPath": outcome.path,
             "sizeBytes": outcome.size_bytes,
@@ -316,14 +326,30 @@ class _Handlers:
         return {}
 
 
+class _Sink(GenerationSink, Protocol):
+    """A generation's output, which the stop sequence can also end early."""
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        """End now, as cancelled, whatever the worker still does; the result to answer with."""
+
+
 class _WholeReply:
     """``prompt`` returns the text whole; nothing is sent while it is generated."""
 
+    __slots__ = ("_pieces", "_result")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._result: GenerationResult | None = None
+
     def text(self, piece: str) -> None:
-        pass
+        self._pieces.append(piece)
 
     def end(self, result: GenerationResult | None) -> None:
-        pass
+        self._result = result
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        return self._result or _cut_short(self._pieces, received_ns)
 
 
 class _LoadProgress:
@@ -349,18 +375,44 @@ class _LoadProgress:
 
 
 class _ChunkStream:
-    """Numbers and sends the ``streamChunk`` notifications of one promptStream."""
+    """Numbers and sends the ``streamChunk`` notifications of one promptStream.
 
-    __slots__ = ("_context", "_index")
+    The worker thread sends the chunks; the event loop may end the stream early
+    (``cut_short``): a lock orders the two, and nothing is sent after the final chunk.
+    """
+
+    __slots__ = ("_context", "_ended", "_index", "_lock", "_pieces", "_result")
 
     def __init__(self, context: RequestContext) -> None:
         self._context = context
         self._index = 0
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._ended = False
+        self._result: GenerationResult | None = None
 
     def text(self, piece: str) -> None:
-        self._send({"content": piece, "isFinal": False})
+        with self._lock:
+            if self._ended:
+                return
+            self._pieces.append(piece)
+            self._send({"content": piece, "isFinal": False})
 
     def end(self, result: GenerationResult | None) -> None:
+        with self._lock:
+            if not self._ended:
+                self._end(result)
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        with self._lock:
+            if not self._ended:
+                self._end(_cut_short(self._pieces, received_ns))
+            if self._result is None:  # it ended with an error, which took its answer along
+                raise RequestCancelled("The sidecar stopped before this request could finish.")
+            return self._result
+
+    def _end(self, result: GenerationResult | None) -> None:
+        self._ended, self._result = True, result
         if result is None:
             self._send({"content": "", "isFinal": True, "finishReason": "error"})
             return
@@ -378,6 +430,31 @@ class _ChunkStream:
             },
         )
         self._index += 1
+
+
+def _cut_short(pieces: list[str], received_ns: int) -> GenerationResult:
+    """The result of a prompt the stop sequence ended: the text so far, counted as far as known.
+
+    Each piece took at least one generated token; the prompt's tokens are not known here.
+    """
+    sent = list(pieces)  # the worker may still append
+    return GenerationResult(
+        text="".join(sent),
+        finish_reason="cancelled",
+        prompt_tokens=0,
+        completion_tokens=len(sent),
+        timings=Timings(round((time.monotonic_ns() - received_ns) / 1e6, 3), 0.0, 0.0, 0.0),
+    )
+
+
+def _cancel_check(context: RequestContext) -> Callable[[], bool]:
+    """A check of the request's cancel token, for the layers below (callable from any thread)."""
+    token = context.cancel_token
+
+    def cancelled() -> bool:
+        return token.cancelled
+
+    return cancelled
 
 
 def _generation_request(params: Params) -> GenerationRequest:
