@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from .downloads import Progress, download_in_thread
-from .engine.api import ChatMessage, CpuBackend, LoadOptions
+from .engine.api import ChatMessage, CpuBackend, LoadOptions, UnbrokenText
 from .errors import InvalidParams, RequestCancelled
 from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
@@ -79,7 +79,16 @@ def build_method_table(
         "ping": handlers.ping,
     }
     accepts_notification = {"cancel"}
-    cancellable = {"loadModel", "prompt", "promptStream", "downloadModel"}
+    # Token work and embeddings too: a long text is tokenized in pieces, with a check between them.
+    cancellable = {
+        "loadModel",
+        "prompt",
+        "promptStream",
+        "downloadModel",
+        "tokenize",
+        "countTokens",
+        "embed",
+    }
     # Answered on the spot: their handlers never wait (see MethodEntry.immediate).
     immediate = {"ping", "cancel", "listModels", "getSession"}
     return {
@@ -217,6 +226,9 @@ class _Handlers:
             # The stop sequence cuts short a prompt still inside native code that cannot be
             # interrupted (a grammar's set-up, a chat template): it ends here, as cancelled.
             result = sink.cut_short(context.received_ns)
+        except UnbrokenText as refused:
+            field = "prompt" if request.prompt is not None else "messages" if request.messages else "text"
+            raise _unbroken(refused, field) from None
         log.info(
             "request %r: %d prompt tokens, %d generated, %s, %.1f tokens/s",
             context.request_id,
@@ -240,13 +252,17 @@ class _Handlers:
                 reply["json"] = orjson.loads(result.text)
         return reply
 
-    async def tokenize(self, _context: RequestContext, params: Params) -> object:
-        tokens = await self._service.tokenize(
-            params.get("modelId"),
-            params["text"],
-            add_bos=params.get("addBos", True),
-            special=params.get("special", True),
-        )
+    async def tokenize(self, context: RequestContext, params: Params) -> object:
+        try:
+            tokens = await self._service.tokenize(
+                params.get("modelId"),
+                params["text"],
+                add_bos=params.get("addBos", True),
+                special=params.get("special", True),
+                cancelled=_cancel_check(context),
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "text") from None
         return {"tokens": list(tokens)}
 
     async def detokenize(self, _context: RequestContext, params: Params) -> object:
@@ -255,18 +271,27 @@ class _Handlers:
         )
         return {"text": text}
 
-    async def count_tokens(self, _context: RequestContext, params: Params) -> object:
+    async def count_tokens(self, context: RequestContext, params: Params) -> object:
         request = _generation_request(params)
-        count, context_size = await self._service.count_tokens(
-            request.model_id, request.prompt, request.messages
-        )
+        try:
+            count, context_size = await self._service.count_tokens(
+                request.model_id, request.prompt, request.messages, cancelled=_cancel_check(context)
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "prompt" if request.prompt is not None else "messages") from None
         return {"promptTokens": count, "contextSize": context_size}
 
-    async def embed(self, _context: RequestContext, params: Params) -> object:
+    async def embed(self, context: RequestContext, params: Params) -> object:
         texts = params["input"] if isinstance(params["input"], list) else [params["input"]]
-        vectors, tokens = await self._service.embed(
-            params.get("modelId"), texts, normalize=params.get("normalize", True)
-        )
+        try:
+            vectors, tokens = await self._service.embed(
+                params.get("modelId"),
+                texts,
+                normalize=params.get("normalize", True),
+                cancelled=_cancel_check(context),
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "input" if refused.index is None else f"input/{refused.index}") from None
         return {"embeddings": vectors, "promptTokens": tokens}
 
     async def download_model(self, context: RequestContext, params: Params) -> object:
@@ -444,6 +469,15 @@ def _cut_short(pieces: list[str], received_ns: int) -> GenerationResult:
         prompt_tokens=0,
         completion_tokens=len(sent),
         timings=Timings(round((time.monotonic_ns() - received_ns) / 1e6, 3), 0.0, 0.0, 0.0),
+    )
+
+
+def _unbroken(refused: UnbrokenText, field: str) -> InvalidParams:
+    """The wire's words for a text the model's tokenizer would take too long over."""
+    return InvalidParams(
+        f"Invalid params: '{field}' holds {refused.length} characters in a row with no space "
+        f"after a non-space character; the model's tokenizer takes at most {refused.limit} so.",
+        {"field": field},
     )
 
 

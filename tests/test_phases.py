@@ -1,7 +1,7 @@
 """Every phase of a request answers ``cancel`` and the stop sequence in time (PROTOCOL.md §3, table).
 
-Each test catches a request in one phase — load, template render, grammar set-up,
-prefill, decode — on real llama.cpp, then cancels it or stops the
+Each test catches a request in one phase — load, tokenize, template render, grammar
+set-up, prefill, decode, embed — on real llama.cpp, then cancels it or stops the
 sidecar. Phases that can be interrupted answer a cancel within 0.25 s (the protocol's
 bound; asserted with a 4x margin for a busy machine); the stop ends every request
 properly (a stream with its final chunk, then its response) and exits 0 within 2 s,
@@ -45,6 +45,14 @@ def _load(sidecar: RawSidecar, models: dict[str, Path]) -> Caught:
     return Caught(request_id, stream=False)
 
 
+def _tokenize(sidecar: RawSidecar, models: dict[str, Path]) -> Caught:
+    sidecar.request("loadModel", {"modelPath": str(models["tiny"])})
+    # 8 MiB of prose: about 0.8 s of tokenizing on this vocabulary, in 1,000 pieces.
+    request_id = sidecar.send_request("countTokens", {"prompt": PROSE * (8 * 2**20 // len(PROSE))})
+    time.sleep(0.3)
+    return Caught(request_id, stream=False)
+
+
 def _template(sidecar: RawSidecar, models: dict[str, Path]) -> Caught:
     sidecar.request("loadModel", {"modelPath": str(models["slow template"])})
     request_id = sidecar.send_request("promptStream", {"messages": [{"role": "user", "content": "hi"}]})
@@ -77,12 +85,22 @@ def _decode(sidecar: RawSidecar, models: dict[str, Path]) -> Caught:
     return Caught(request_id, stream=True, chunks_taken=1)
 
 
+def _embed(sidecar: RawSidecar, models: dict[str, Path]) -> Caught:
+    sidecar.request("loadModel", {"modelPath": str(models["slow"]), "contextSize": 4096})
+    # 1,922 tokens, within the 2,048-token embedding context: about a second of decoding.
+    request_id = sidecar.send_request("embed", {"input": "hello world and the " * 120})
+    time.sleep(0.3)
+    return Caught(request_id, stream=False)
+
+
 PHASES: dict[str, Callable[[RawSidecar, dict[str, Path]], Caught]] = {
     "load": _load,
+    "tokenize": _tokenize,
     "template render": _template,
     "grammar set-up": _grammar,
     "prefill": _prefill,
     "decode": _decode,
+    "embed": _embed,
 }
 # llama.cpp's grammar set-up and the model's chat template cannot be interrupted (§3).
 UNINTERRUPTIBLE = {"template render", "grammar set-up"}

@@ -1,8 +1,10 @@
 """The llama.cpp adapter: the only module that imports ``llama_cpp``.
 
 Registers llama.cpp's CPU backend once (``backends`` picks the variant), loads
-GGUF files, renders chat templates, and runs the token loop with cancellation
-(between tokens, and during prompt processing through llama.cpp's abort callback).
+GGUF files, renders chat templates, tokenizes long texts in pieces that give the
+whole text's tokens (``pieces`` says where a cut may fall), and runs the token
+loop with cancellation (between tokens, and during prompt processing and
+embedding through llama.cpp's abort callback).
 llama.cpp's own log lines go to the stderr log and its error lines become the
 reason of a failed load. It knows nothing of JSON-RPC, request ids, queues or
 which thread calls it (the service makes sure one model is used by one thread at
@@ -50,6 +52,7 @@ from .api import (
     RenderedChat,
     SamplingOptions,
     StopCheck,
+    UnbrokenText,
 )
 from .backends import choose_cpu_backend
 from .budget import available_memory, check_memory, context_size_for, kv_cache_bytes
@@ -64,9 +67,10 @@ from .grammar import (
     rule_chain,
     stderr_captured,
 )
+from .pieces import Cutter
 from .text import TextAssembler
 
-__all__ = ["LlamaCppEngine", "default_threads"]
+__all__ = ["LONGEST_STRETCH", "LONGEST_STRETCH_SPM", "LlamaCppEngine", "default_threads"]
 
 log = logging.getLogger("sidecar.llama")
 
@@ -87,6 +91,10 @@ _FILE_TYPES = {
 }
 
 _recent = threading.local()  # per thread: the llama.cpp error lines of the current load
+
+
+def _never() -> bool:
+    return False
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
@@ -321,6 +329,7 @@ class LlamaCppModel:
         self._open_embedder = open_embedder
         self._embedder: llama_cpp.Llama | None = None
         self._vocab = llm._model.vocab
+        self._tokenizer = _Tokenizer(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self._stop_requested: StopCheck = _never
         # Keep a reference: llama.cpp holds only the C pointer.
@@ -345,17 +354,18 @@ class LlamaCppModel:
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+    def tokenize(
+        self,
+        text: str,
+        *,
+        add_bos: bool = True,
+        special: bool = True,
+        should_stop: StopCheck = _never,
+        limit: int | None = None,
+    ) -> list[int]:
         # Straight on the vocabulary, which llama.cpp only reads: the service calls this
         # beside a running generation, which the Llama object itself must not see.
-        source = text.encode("utf-8")
-        size = len(source) + 4  # about a token per byte at most; a short count says how many
-        while True:
-            ids = (llama_cpp.llama_token * size)()
-            count = llama_cpp.llama_tokenize(self._vocab, source, len(source), ids, size, add_bos, special)
-            if count >= 0:
-                return list(ids[:count])
-            size = -count
+        return self._tokenizer.tokenize(text, add_bos, special, should_stop, limit)
 
     def detokenize(
         self, tokens: Sequence[int], *, special: bool = False, continuation: bool = False
@@ -369,9 +379,12 @@ class LlamaCppModel:
             return b"".join(_token_bytes(self._vocab, token, special) for token in tokens)
         return _detokenized(self._vocab, tokens, special)
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+    def chat_prompt(
+        self, messages: Sequence[ChatMessage], *, should_stop: StopCheck = _never, limit: int | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
         rendered = self.render_chat(messages)
-        return self.tokenize(rendered.text, add_bos=rendered.add_bos), rendered.stops
+        tokens = self.tokenize(rendered.text, add_bos=rendered.add_bos, should_stop=should_stop, limit=limit)
+        return tokens, rendered.stops
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> RenderedChat:
         if self._chat is None:
@@ -529,13 +542,21 @@ class LlamaCppModel:
             cut_by_stop_string=assembler.stopped,
         )
 
-    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: Sequence[str], *, normalize: bool, should_stop: StopCheck = _never
+    ) -> tuple[list[list[float]], int]:
         if self._embedder is None:
             self._embedder = self._open_embedder()
         embedder = self._embedder
         context = embedder.n_ctx()
         for position, text in enumerate(texts):
-            count = len(embedder.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+            # As llama-cpp-python's embed tokenizes it (BOS, no special tokens), but in pieces.
+            try:
+                count = len(
+                    self.tokenize(text, add_bos=True, special=False, should_stop=should_stop, limit=context)
+                )
+            except UnbrokenText as refused:
+                raise UnbrokenText(refused.length, refused.limit, position) from None
             if count == 0:  # llama.cpp cannot decode nothing (and crashed on it beside other inputs)
                 raise InvalidParams(
                     f"Invalid params: 'input/{position}' has no tokens (empty, and the model adds no BOS).",
@@ -543,10 +564,30 @@ class LlamaCppModel:
                 )
             if count > context:
                 raise ContextOverflow(
-                    f"An input has {count} tokens; the context holds {context}.",
+                    f"An input has at least {count} tokens; the context holds {context}.",
                     {"promptTokens": count, "contextSize": context},
                 )
-        vectors, tokens = embedder.embed(list(texts), normalize=normalize, truncate=False, return_count=True)
+        # One input a call: llama-cpp-python decodes one sequence a batch here anyway (its
+        # context has one sequence), and between calls a cancel is seen; during one, the
+        # abort callback stops llama.cpp's decode.
+        vectors: list[list[float]] = []
+        tokens = 0
+        self._stop_requested = should_stop
+        llama_cpp.llama_set_abort_callback(embedder.ctx, self._abort_callback, None)
+        try:
+            for text in texts:
+                if should_stop():
+                    raise RequestCancelled("The embedding was cancelled.")
+                vector, count = embedder.embed([text], normalize=normalize, truncate=False, return_count=True)
+                vectors.extend(vector)
+                tokens += count
+        except RuntimeError as exc:  # "llama_decode returned 2": aborted
+            if should_stop():
+                raise RequestCancelled("The embedding was cancelled.") from exc
+            raise
+        finally:
+            llama_cpp.llama_set_abort_callback(embedder.ctx, self._no_abort_callback, None)
+            self._stop_requested = _never
         return vectors, tokens
 
     def save_context(self) -> ContextSnapshot:
@@ -584,6 +625,120 @@ class LlamaCppModel:
         if piece is None:
             piece = self._pieces[token] = _token_bytes(self._vocab, token)
         return piece
+
+
+# A long text is tokenized a piece at a time, each piece one llama.cpp call, with a cancel
+# check and a token count between them. 8192 characters of prose take 0.6 ms on the tiny
+# model's vocabulary and 1.9 ms on SmolLM2's, so the checks come often and cost little.
+_PIECE_CHARS = 8192
+# The longest stretch without a cut (engine/pieces.py) tokenized in one call; a longer one
+# is refused. SentencePiece's byte fallback is quadratic in one call's tokens (llama.cpp
+# grows the output one fallback symbol at a time): 30,000 "日" in a row took 52 ms, 100,000
+# took 888 ms, and 16,384 take about 18 ms. llama.cpp's BPE is linear at 2 to 6 MB/s:
+# 131,072 characters take at most about 80 ms (spaces, the slowest kind measured).
+LONGEST_STRETCH_SPM = 16_384
+LONGEST_STRETCH = 131_072
+# Token attributes that make llama.cpp read a token's text as that token, before anything else.
+_PARSED_ALWAYS = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+_PARSED_IF_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+
+
+class _Tokenizer:
+    """Tokenizes a vocabulary's texts, long ones in pieces that give the whole text's tokens.
+
+    Where a cut may fall depends on the vocabulary (its special tokens, and for
+    SentencePiece the tokens holding a character then "▁"): found on the first
+    long text, by reading every token once (35 ms for SmolLM2's 49,152).
+    """
+
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
+        kind = llama_cpp.llama_vocab_type(vocab)
+        self._spm = kind == llama_cpp.LLAMA_VOCAB_TYPE_SPM
+        # Vocabularies cut into pieces: SentencePiece and BPE, whose tokenizers the cuts were
+        # checked against, and only when adding specials adds no EOS after the last piece.
+        self._cuts = kind in (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE) and not (
+            llama_cpp.llama_vocab_get_add_eos(vocab)
+        )
+        self.longest_stretch = LONGEST_STRETCH_SPM if self._spm else LONGEST_STRETCH
+        self.piece_chars = _PIECE_CHARS  # tests make it tiny, to cut wherever a cut is allowed
+        self._cutters: dict[bool, Cutter] = {}  # by ``special``
+        self._space_prefix = False
+        self._lock = threading.Lock()  # the first long text may come on two threads at once
+
+    def tokenize(
+        self, text: str, add_bos: bool, special: bool, should_stop: StopCheck, limit: int | None
+    ) -> list[int]:
+        if len(text) <= self.piece_chars:
+            return self._call(text, add_bos, special)
+        if should_stop():
+            raise RequestCancelled("Tokenizing was cancelled.")
+        if not self._cuts:
+            if len(text) > self.longest_stretch:
+                raise UnbrokenText(len(text), self.longest_stretch)
+            return self._call(text, add_bos, special)
+        cutter = self._cutter(special)
+        tokens: list[int] = []
+        for index, piece in enumerate(cutter.pieces(text, self.piece_chars)):
+            if index and should_stop():
+                raise RequestCancelled("Tokenizing was cancelled.")
+            if (
+                len(piece) > self.longest_stretch
+                and (stretch := cutter.longest_without_cut(piece)) > self.longest_stretch
+            ):
+                raise UnbrokenText(stretch, self.longest_stretch)
+            # SentencePiece puts "▁" before a call's text; a piece after the first starts
+            # with the space it stands for, so that space goes.
+            text_of_piece = piece[1:] if index and self._space_prefix else piece
+            tokens += self._call(text_of_piece, add_bos and not index, special)
+            if limit is not None and len(tokens) > limit:
+                break
+        return tokens
+
+    def _call(self, text: str, add_special: bool, special: bool) -> list[int]:
+        source = text.encode("utf-8")
+        size = len(source) + 4  # about a token per byte at most; a short count says how many
+        while True:
+            ids = (llama_cpp.llama_token * size)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, source, len(source), ids, size, add_special, special
+            )
+            if count >= 0:
+                return list(ids[:count])
+            size = -count
+
+    def _cutter(self, special: bool) -> Cutter:
+        with self._lock:
+            if not self._cutters:
+                self._learn_the_vocabulary()
+            return self._cutters[special]
+
+    def _learn_the_vocabulary(self) -> None:
+        """Which characters a cut may not follow (or precede), for each way of reading specials."""
+        after: dict[bool, set[str]] = {False: set(), True: set()}  # by ``special``
+        before: dict[bool, set[str]] = {False: set(), True: set()}
+        for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+            attributes = llama_cpp.llama_vocab_get_attr(self._vocab, token)
+            text = llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
+            if attributes & (_PARSED_ALWAYS | _PARSED_IF_SPECIAL) and text:
+                # A special token stays whole, and keeps the whitespace after it (some strip it).
+                inside = {text[-1], *(text[i - 1] for i in range(1, len(text)) if text[i] == " ")}
+                for special in (True, False) if attributes & _PARSED_ALWAYS else (True,):
+                    after[special] |= inside
+                    before[special].add(text[0])
+            elif self._spm:
+                # A token across "x▁" would span a cut before the space that "▁" stands for.
+                joined = {text[i - 1] for i in range(1, len(text)) if text[i] == "▁" and text[i - 1] != "▁"}
+                after[True] |= joined
+                after[False] |= joined
+        # SentencePiece vocabularies that put "▁" before a call's text (most do): found out.
+        self._space_prefix = self._spm and _token_bytes(
+            self._vocab, self._call("a", False, False)[0]
+        ).startswith(b" ")
+        for special in (True, False):
+            # With that prefix, a piece may not start with a space then a special token: the
+            # space would stand alone before it in the whole text, and be lost from the piece.
+            self._cutters[special] = Cutter(after[special], before[special] if self._space_prefix else ())
 
 
 def _token_bytes(vocab: Any, token: int, special: bool = False) -> bytes:
@@ -654,10 +809,6 @@ def _text_field(metadata: dict[str, Any], key: str) -> str | None:
 
 def _positive(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _never() -> bool:
-    return False
 
 
 def _ignore_progress(_value: float) -> None:
