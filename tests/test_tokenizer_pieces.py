@@ -50,6 +50,8 @@ CORPORA = {
         f"<|im_start|>user\n{'hello world ' * (i % 7)}<|im_end|>\n<|im_start|>assistant\n ok <|im_end|> \n"
         for i in range(200)
     ),
+    # No space at all, longer than any stretch allowed: cut before its special tokens.
+    "chat without spaces": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n" * 3000,
 }
 PIECES = [
     "a",
@@ -101,6 +103,10 @@ def model(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[LlamaCpp
 @pytest.mark.parametrize("corpus", list(CORPORA))
 def test_pieces_give_the_whole_texts_tokens(model: LlamaCppModel, corpus: str, special: bool) -> None:
     text = CORPORA[corpus]
+    if corpus == "chat without spaces" and not special:  # its markup is then plain text: no cut
+        with pytest.raises(UnbrokenText):
+            model.tokenize(text, special=False)
+        return
     whole = _whole(model, text, special=special)
     for size in (1, 64, 4096):
         assert _in_pieces(model, text, size, add_bos=True, special=special) == [
@@ -118,7 +124,7 @@ def test_pieces_give_the_whole_texts_tokens_on_any_mix(
     assert _in_pieces(model, text, 1, add_bos=False, special=special) == _whole(model, text, special=special)
 
 
-@pytest.mark.parametrize("corpus", list(CORPORA))
+@pytest.mark.parametrize("corpus", [corpus for corpus in CORPORA if corpus != "chat without spaces"])
 def test_detokenize_gives_the_text_back(model: LlamaCppModel, corpus: str) -> None:
     text = CORPORA[corpus]
     tokens = model.tokenize(text, add_bos=False, special=False)

@@ -628,9 +628,12 @@ class LlamaCppModel:
 
 
 # A long text is tokenized a piece at a time, each piece one llama.cpp call, with a cancel
-# check and a token count between them. 8192 characters of prose take 0.6 ms on the tiny
-# model's vocabulary and 1.9 ms on SmolLM2's, so the checks come often and cost little.
-_PIECE_CHARS = 8192
+# check and a token count between them. Per MiB of prose: 73 ms on the tiny model's
+# vocabulary and 185 ms on SmolLM2's in 2,048-character pieces, as fast as in 8,192; text
+# dense with special tokens goes faster in small pieces on SentencePiece (223 -> 45 ms), and
+# on SmolLM2's BPE about 1 MiB/s whatever the size (llama.cpp sets its pre-tokenizer up
+# again for each text between two special tokens).
+_PIECE_CHARS = 2048
 # The longest stretch without a cut (engine/pieces.py) tokenized in one call; a longer one
 # is refused. SentencePiece's byte fallback is quadratic in one call's tokens (llama.cpp
 # grows the output one fallback symbol at a time): 30,000 "日" in a row took 52 ms, 100,000
@@ -679,7 +682,7 @@ class _Tokenizer:
             return self._call(text, add_bos, special)
         cutter = self._cutter(special)
         tokens: list[int] = []
-        for index, piece in enumerate(cutter.pieces(text, self.piece_chars)):
+        for index, (piece, after_space) in enumerate(cutter.pieces(text, self.piece_chars)):
             if index and should_stop():
                 raise RequestCancelled("Tokenizing was cancelled.")
             if (
@@ -687,9 +690,9 @@ class _Tokenizer:
                 and (stretch := cutter.longest_without_cut(piece)) > self.longest_stretch
             ):
                 raise UnbrokenText(stretch, self.longest_stretch)
-            # SentencePiece puts "▁" before a call's text; a piece after the first starts
-            # with the space it stands for, so that space goes.
-            text_of_piece = piece[1:] if index and self._space_prefix else piece
+            # SentencePiece puts "▁" before a call's text (and after a special token): a piece
+            # that starts at a space cut starts with the space that "▁" stands for.
+            text_of_piece = piece[1:] if after_space and self._space_prefix else piece
             tokens += self._call(text_of_piece, add_bos and not index, special)
             if limit is not None and len(tokens) > limit:
                 break
@@ -714,31 +717,42 @@ class _Tokenizer:
             return self._cutters[special]
 
     def _learn_the_vocabulary(self) -> None:
-        """Which characters a cut may not follow (or precede), for each way of reading specials."""
-        after: dict[bool, set[str]] = {False: set(), True: set()}  # by ``special``
+        """Where cuts may fall, for each way of reading special tokens (``special`` or not)."""
+        # SentencePiece vocabularies that put "▁" before a call's text (most do): found out.
+        self._space_prefix = self._spm and _token_bytes(
+            self._vocab, self._call("a", False, False)[0]
+        ).startswith(b" ")
+        after: dict[bool, set[str]] = {False: set(), True: set()}
         before: dict[bool, set[str]] = {False: set(), True: set()}
+        specials: dict[bool, dict[str, int]] = {False: {}, True: {}}  # text -> attributes
         for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
             attributes = llama_cpp.llama_vocab_get_attr(self._vocab, token)
             text = llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
             if attributes & (_PARSED_ALWAYS | _PARSED_IF_SPECIAL) and text:
-                # A special token stays whole, and keeps the whitespace after it (some strip it).
-                inside = {text[-1], *(text[i - 1] for i in range(1, len(text)) if text[i] == " ")}
                 for special in (True, False) if attributes & _PARSED_ALWAYS else (True,):
-                    after[special] |= inside
-                    before[special].add(text[0])
+                    specials[special][text] = attributes
             elif self._spm:
                 # A token across "x▁" would span a cut before the space that "▁" stands for.
                 joined = {text[i - 1] for i in range(1, len(text)) if text[i] == "▁" and text[i - 1] != "▁"}
                 after[True] |= joined
                 after[False] |= joined
-        # SentencePiece vocabularies that put "▁" before a call's text (most do): found out.
-        self._space_prefix = self._spm and _token_bytes(
-            self._vocab, self._call("a", False, False)[0]
-        ).startswith(b" ")
         for special in (True, False):
-            # With that prefix, a piece may not start with a space then a special token: the
-            # space would stand alone before it in the whole text, and be lost from the piece.
-            self._cutters[special] = Cutter(after[special], before[special] if self._space_prefix else ())
+            cut_before = []
+            for text, attributes in specials[special].items():
+                # A space cut never splits a special token, nor takes the whitespace after one
+                # that strips it; with the prefix "▁" after a special token, never right after one.
+                after[special] |= {text[i - 1] for i in range(1, len(text)) if text[i] == " "}
+                if attributes & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP or self._space_prefix:
+                    after[special].add(text[-1])
+                if self._space_prefix:
+                    # " <special>": the space stands alone before it in the whole text.
+                    before[special].add(text[0])
+                # A cut before a special token, unless it strips the whitespace before it or
+                # could be the inside of another one.
+                inside_another = any(text in other[1:] for other in specials[special] if other != text)
+                if not attributes & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP and not inside_another:
+                    cut_before.append(text)
+            self._cutters[special] = Cutter(after[special], before[special], cut_before)
 
 
 def _token_bytes(vocab: Any, token: int, special: bool = False) -> bytes:
