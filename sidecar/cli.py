@@ -22,6 +22,8 @@ from .transport import DEFAULT_MAX_LINE_BYTES, ByteSource, protect_stdout
 
 __all__ = ["main"]
 
+_STOP_DEADLINE_SECONDS = 1.9  # PROTOCOL.md §2: exit 0 within 2 s of the stop's start
+
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the sidecar; exits the process with the server's status."""
@@ -52,8 +54,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         ),
         engine_factory=_llama_cpp_engine,
         parent_pid=parent,
+        on_stop=_exit_by_the_deadline,
     )
-    status = asyncio.run(server.serve())
+    # Not asyncio.run: closing the loop joins its default executor's threads, and one still
+    # inside llama.cpp (a long tokenization) held the exit up for 8 s after a shutdown.
+    status = asyncio.new_event_loop().run_until_complete(server.serve())
     logging.shutdown()
     # Worker threads may still sit in native code; waiting for them could
     # outlast the host's patience, and every model is already freed or abandoned.
@@ -93,6 +98,17 @@ def _exit_quietly_on_stop_signals() -> None:
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: os._exit(0))
+
+
+def _exit_by_the_deadline() -> None:
+    """Exit 0 at the stop's 2 s deadline whatever happens (the stop's last resort).
+
+    The stop sequence ends well before it; this holds when the event loop itself
+    is stuck, e.g. writing to a host that no longer reads stdout.
+    """
+    timer = threading.Timer(_STOP_DEADLINE_SECONDS, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
 
 
 def _llama_cpp_engine() -> Engine:

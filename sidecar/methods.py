@@ -8,19 +8,21 @@ belong to the rpc layer, models and threads to the service.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from .downloads import Progress, download_in_thread
-from .engine.api import ChatMessage, CpuBackend, LoadOptions
-from .errors import InvalidParams
+from .engine.api import ChatMessage, CpuBackend, LoadOptions, UnbrokenText
+from .errors import InvalidParams, RequestCancelled
 from .model_paths import ModelPaths
 from .rpc import MethodEntry, Params, RequestContext, RequestId
 from .schema import method_names, notification_names, params_validator
@@ -31,6 +33,7 @@ from .service import (
     LoadedModel,
     ModelService,
     Session,
+    Timings,
 )
 from .settings import Settings
 
@@ -76,7 +79,16 @@ def build_method_table(
         "ping": handlers.ping,
     }
     accepts_notification = {"cancel"}
-    cancellable = {"loadModel", "prompt", "promptStream", "downloadModel"}
+    # Token work and embeddings too: a long text is tokenized in pieces, with a check between them.
+    cancellable = {
+        "loadModel",
+        "prompt",
+        "promptStream",
+        "downloadModel",
+        "tokenize",
+        "countTokens",
+        "embed",
+    }
     # Answered on the spot: their handlers never wait (see MethodEntry.immediate).
     immediate = {"ping", "cancel", "listModels", "getSession"}
     return {
@@ -139,11 +151,13 @@ class _Handlers:
             flash_attention=params.get("flashAttention"),
         )
 
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
         loaded = await self._service.load(
-            path, params.get("modelId"), options, params.get("seed"), _LoadProgress(context), cancelled
+            path,
+            params.get("modelId"),
+            options,
+            params.get("seed"),
+            _LoadProgress(context),
+            _cancel_check(context),
         )
         return self._model_info(loaded)
 
@@ -199,14 +213,23 @@ class _Handlers:
     async def prompt_stream(self, context: RequestContext, params: Params) -> object:
         return await self._generate(context, params, _ChunkStream(context))
 
-    async def _generate(self, context: RequestContext, params: Params, sink: GenerationSink) -> object:
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
+    async def _generate(self, context: RequestContext, params: Params, sink: _Sink) -> object:
         request = _generation_request(params)
-        result = await self._service.generate(
-            request, sink, cancelled, context.received_ns, on_cancel=context.cancel_token.on_cancel
-        )
+        try:
+            result = await self._service.generate(
+                request,
+                sink,
+                _cancel_check(context),
+                context.received_ns,
+                on_cancel=context.cancel_token.on_cancel,
+            )
+        except asyncio.CancelledError:
+            # The stop sequence cuts short a prompt still inside native code that cannot be
+            # interrupted (a grammar's set-up, a chat template): it ends here, as cancelled.
+            result = sink.cut_short(context.received_ns)
+        except UnbrokenText as refused:
+            field = "prompt" if request.prompt is not None else "messages" if request.messages else "text"
+            raise _unbroken(refused, field) from None
         log.info(
             "request %r: %d prompt tokens, %d generated, %s, %.1f tokens/s",
             context.request_id,
@@ -230,13 +253,17 @@ class _Handlers:
                 reply["json"] = orjson.loads(result.text)
         return reply
 
-    async def tokenize(self, _context: RequestContext, params: Params) -> object:
-        tokens = await self._service.tokenize(
-            params.get("modelId"),
-            params["text"],
-            add_bos=params.get("addBos", True),
-            special=params.get("special", True),
-        )
+    async def tokenize(self, context: RequestContext, params: Params) -> object:
+        try:
+            tokens = await self._service.tokenize(
+                params.get("modelId"),
+                params["text"],
+                add_bos=params.get("addBos", True),
+                special=params.get("special", True),
+                cancelled=_cancel_check(context),
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "text") from None
         return {"tokens": list(tokens)}
 
     async def detokenize(self, _context: RequestContext, params: Params) -> object:
@@ -245,18 +272,27 @@ class _Handlers:
         )
         return {"text": text}
 
-    async def count_tokens(self, _context: RequestContext, params: Params) -> object:
+    async def count_tokens(self, context: RequestContext, params: Params) -> object:
         request = _generation_request(params)
-        count, context_size = await self._service.count_tokens(
-            request.model_id, request.prompt, request.messages
-        )
+        try:
+            count, context_size = await self._service.count_tokens(
+                request.model_id, request.prompt, request.messages, cancelled=_cancel_check(context)
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "prompt" if request.prompt is not None else "messages") from None
         return {"promptTokens": count, "contextSize": context_size}
 
-    async def embed(self, _context: RequestContext, params: Params) -> object:
+    async def embed(self, context: RequestContext, params: Params) -> object:
         texts = params["input"] if isinstance(params["input"], list) else [params["input"]]
-        vectors, tokens = await self._service.embed(
-            params.get("modelId"), texts, normalize=params.get("normalize", True)
-        )
+        try:
+            vectors, tokens = await self._service.embed(
+                params.get("modelId"),
+                texts,
+                normalize=params.get("normalize", True),
+                cancelled=_cancel_check(context),
+            )
+        except UnbrokenText as refused:
+            raise _unbroken(refused, "input" if refused.index is None else f"input/{refused.index}") from None
         return {"embeddings": vectors, "promptTokens": tokens}
 
     async def download_model(self, context: RequestContext, params: Params) -> object:
@@ -273,11 +309,10 @@ class _Handlers:
                 update["total"] = progress.total
             context.notify("downloadProgress", update)
 
-        def cancelled() -> bool:
-            return context.cancel_token.cancelled
-
         # A thread of its own, not asyncio's shared pool: see download_in_thread.
-        outcome = await download_in_thread(url, destination, params.get("sha256"), report, cancelled)
+        outcome = await download_in_thread(
+            url, destination, params.get("sha256"), report, _cancel_check(context)
+        )
         return {
             "modelPath": outcome.path,
             "sizeBytes": outcome.size_bytes,
@@ -317,14 +352,30 @@ class _Handlers:
         return {}
 
 
+class _Sink(GenerationSink, Protocol):
+    """A generation's output, which the stop sequence can also end early."""
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        """End now, as cancelled, whatever the worker still does; the result to answer with."""
+
+
 class _WholeReply:
     """``prompt`` returns the text whole; nothing is sent while it is generated."""
 
+    __slots__ = ("_pieces", "_result")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._result: GenerationResult | None = None
+
     def text(self, piece: str) -> None:
-        pass
+        self._pieces.append(piece)
 
     def end(self, result: GenerationResult | None) -> None:
-        pass
+        self._result = result
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        return self._result or _cut_short(self._pieces, received_ns)
 
 
 class _LoadProgress:
@@ -350,18 +401,44 @@ class _LoadProgress:
 
 
 class _ChunkStream:
-    """Numbers and sends the ``streamChunk`` notifications of one promptStream."""
+    """Numbers and sends the ``streamChunk`` notifications of one promptStream.
 
-    __slots__ = ("_context", "_index")
+    The worker thread sends the chunks; the event loop may end the stream early
+    (``cut_short``): a lock orders the two, and nothing is sent after the final chunk.
+    """
+
+    __slots__ = ("_context", "_ended", "_index", "_lock", "_pieces", "_result")
 
     def __init__(self, context: RequestContext) -> None:
         self._context = context
         self._index = 0
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._ended = False
+        self._result: GenerationResult | None = None
 
     def text(self, piece: str) -> None:
-        self._send({"content": piece, "isFinal": False})
+        with self._lock:
+            if self._ended:
+                return
+            self._pieces.append(piece)
+            self._send({"content": piece, "isFinal": False})
 
     def end(self, result: GenerationResult | None) -> None:
+        with self._lock:
+            if not self._ended:
+                self._end(result)
+
+    def cut_short(self, received_ns: int) -> GenerationResult:
+        with self._lock:
+            if not self._ended:
+                self._end(_cut_short(self._pieces, received_ns))
+            if self._result is None:  # it ended with an error, which took its answer along
+                raise RequestCancelled("The sidecar stopped before this request could finish.")
+            return self._result
+
+    def _end(self, result: GenerationResult | None) -> None:
+        self._ended, self._result = True, result
         if result is None:
             self._send({"content": "", "isFinal": True, "finishReason": "error"})
             return
@@ -379,6 +456,40 @@ class _ChunkStream:
             },
         )
         self._index += 1
+
+
+def _cut_short(pieces: list[str], received_ns: int) -> GenerationResult:
+    """The result of a prompt the stop sequence ended: the text so far, counted as far as known.
+
+    Each piece took at least one generated token; the prompt's tokens are not known here.
+    """
+    sent = list(pieces)  # the worker may still append
+    return GenerationResult(
+        text="".join(sent),
+        finish_reason="cancelled",
+        prompt_tokens=0,
+        completion_tokens=len(sent),
+        timings=Timings(round((time.monotonic_ns() - received_ns) / 1e6, 3), 0.0, 0.0, 0.0),
+    )
+
+
+def _unbroken(refused: UnbrokenText, field: str) -> InvalidParams:
+    """The wire's words for a text the model's tokenizer would take too long over."""
+    return InvalidParams(
+        f"Invalid params: '{field}' holds {refused.length} characters in a row with no space "
+        f"after a non-space character; the model's tokenizer takes at most {refused.limit} so.",
+        {"field": field},
+    )
+
+
+def _cancel_check(context: RequestContext) -> Callable[[], bool]:
+    """A check of the request's cancel token, for the layers below (callable from any thread)."""
+    token = context.cancel_token
+
+    def cancelled() -> bool:
+        return token.cancelled
+
+    return cancelled
 
 
 def _generation_request(params: Params) -> GenerationRequest:

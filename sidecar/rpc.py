@@ -1,9 +1,10 @@
 """RPC: JSON-RPC 2.0 dispatch, request ids, cancellation, and the error boundary.
 
 This layer turns frames into method calls and results into response lines.
-It owns the in-flight table (request id -> cancel token), the lifecycle gate
-(nothing but ``initialize`` before ``initialize``), batches, and the single
-place where an exception becomes a wire error. Method lookup and the response
+It owns the in-flight table (request id -> cancel token), the lifecycle
+(new -> initializing -> ready -> stopping, and the one gate every request
+passes on arrival), batches, and the single place where an exception becomes
+a wire error. Method lookup and the response
 envelope are jsonrpcserver's (its per-request dispatch; batches are handled
 here). It knows method names and a validator per method, not what any method
 means, and nothing of models or llama.cpp.
@@ -12,12 +13,13 @@ means, and nothing of models or llama.cpp.
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
 from jsonrpcserver import Error, Result, Success
@@ -33,6 +35,7 @@ from .errors import (
     MessageTooLarge,
     NotInitialized,
     ParseError,
+    RequestCancelled,
     ShuttingDown,
     SidecarError,
 )
@@ -44,7 +47,9 @@ __all__ = [
     "CancelToken",
     "Dispatcher",
     "Handler",
+    "Lifecycle",
     "MethodEntry",
+    "Phase",
     "RequestContext",
     "RequestId",
 ]
@@ -58,11 +63,14 @@ _SEE_THE_LOG = "Internal error; see the sidecar's stderr log."
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Members a batch may have; a larger batch is one -32600 (JSON-RPC sets no limit).
 MAX_BATCH = 1000
+# The answer to a request the stop sequence could not wait for (cut_short).
+_STOPPED = RequestCancelled("The sidecar stopped before this request could finish.")
 
 RequestId: TypeAlias = str | int | float | None
 Params: TypeAlias = dict[str, Any]
 Notify: TypeAlias = Callable[[str, Params], None]
 Send: TypeAlias = Callable[[bytes], None]
+_T = TypeVar("_T")
 
 
 class CancelToken:
@@ -120,7 +128,7 @@ class _Call:
 
     request: dict[str, Any]
     context: RequestContext
-    gate: asyncio.Future[None] | None
+    behind_initialize: asyncio.Future[bool] | None  # the initialize it must wait for, if any
 
 
 @dataclass(slots=True, frozen=True)
@@ -134,6 +142,101 @@ class MethodEntry:
     # The handler never waits (ping, cancel, listModels): it is answered inside
     # ``handle_frame``, without a task and the loop iteration a task costs.
     immediate: bool = False
+
+
+class Phase(enum.Enum):
+    """Where the sidecar is in its life."""
+
+    NEW = "new"  # nothing but the initialize method is taken
+    INITIALIZING = "initializing"  # an initialize runs; requests sent behind it wait for its outcome
+    READY = "ready"
+    STOPPING = "stopping"  # the stop sequence began: every new request is refused
+
+
+# What runs one request: its context, params sent by position (refused), params by name.
+_Run: TypeAlias = Callable[[RequestContext, tuple[object, ...], Params], Awaitable[object]]
+
+
+class Lifecycle:
+    """The phases new -> initializing -> ready -> stopping, and the gate every request passes.
+
+    A failed initialize goes back to new; a successful one, from any phase but
+    stopping, makes the sidecar ready; nothing leaves stopping. The lifecycle
+    knows one method by name, the initialize method, and which methods exist
+    (a method that does not exist always passes, to be answered -32601).
+    """
+
+    def __init__(self, known_methods: Collection[str], initialize_method: str = "initialize") -> None:
+        self._known = known_methods
+        self._initialize_method = initialize_method
+        self._phase = Phase.NEW
+        self._initializing: asyncio.Future[bool] | None = None  # the outcome of the initialize that runs
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def gate(self, method: str) -> asyncio.Future[bool] | None:
+        """Admit a request for ``method`` as it arrives, or raise the error that refuses it.
+
+        None: run it now. A future: an initialize is in progress; the request runs
+        after it, if it succeeds (see ``admitted``). Raises ``ShuttingDown`` once
+        stopping, ``NotInitialized`` before any initialize.
+        """
+        if method not in self._known:
+            return None
+        if self._phase is Phase.STOPPING:
+            raise ShuttingDown("The sidecar is shutting down and takes no new requests.")
+        if method == self._initialize_method:
+            if self._phase is Phase.NEW:
+                self._phase = Phase.INITIALIZING
+                self._initializing = asyncio.get_running_loop().create_future()
+            return None
+        if self._phase is Phase.READY:
+            return None
+        if self._initializing is None:
+            raise self._not_initialized()
+        return self._initializing
+
+    async def admitted(self, behind: asyncio.Future[bool]) -> None:
+        """Wait for the initialize a request was sent behind; ``NotInitialized`` if it failed."""
+        if not await asyncio.shield(behind):
+            raise self._not_initialized()
+
+    def watch(self, method: str, run: _Run) -> _Run:
+        """``run``, reporting its outcome here when ``method`` is the initialize method."""
+        if method != self._initialize_method:
+            return run
+
+        async def initialize(
+            context: RequestContext, positional: tuple[object, ...], params: Params
+        ) -> object:
+            succeeded = False
+            try:
+                result = await run(context, positional, params)
+                succeeded = True
+                return result
+            finally:
+                self._initialize_ended(succeeded)
+
+        return initialize
+
+    def stop(self) -> bool:
+        """Enter the stopping phase; False if the sidecar was stopping already."""
+        if self._phase is Phase.STOPPING:
+            return False
+        self._phase = Phase.STOPPING
+        return True
+
+    def _initialize_ended(self, succeeded: bool) -> None:
+        if self._phase is not Phase.STOPPING:
+            self._phase = Phase.READY if succeeded or self._phase is Phase.READY else Phase.NEW
+        waiting, self._initializing = self._initializing, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(succeeded)
+
+    def _not_initialized(self) -> NotInitialized:
+        return NotInitialized(f"The sidecar is not initialized; send {self._initialize_method!r} first.")
 
 
 class Dispatcher:
@@ -155,14 +258,15 @@ class Dispatcher:
         self._methods = methods
         self._max_response_bytes = max_response_bytes
         self._send = send
-        self._initialize_method = initialize_method
+        self._lifecycle = Lifecycle(methods.keys(), initialize_method)
         self._jsonrpc_methods = {name: self._boundary(name, entry) for name, entry in methods.items()}
         # Every request id in flight; the token only for methods that can be cancelled.
         self._in_flight: dict[RequestId, CancelToken | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._initializing: asyncio.Future[None] | None = None
-        self.initialized = False
-        self.shutting_down = False
+        # One task per request that runs (a batch's members each have theirs): what the
+        # end of the stop sequence interrupts, when they have not answered in time.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cutting_short = False
 
     # -- public surface --------------------------------------------------
 
@@ -193,16 +297,34 @@ class Dispatcher:
         token.cancel()
         return True
 
-    def cancel_all(self) -> None:
-        """Cancel everything in flight (shutdown, EOF, signals)."""
-        for token in self._in_flight.values():
-            if token is not None:
-                token.cancel()
+    def stop(self) -> None:
+        """Begin stopping: every request read from now on is refused, everything in flight is cancelled."""
+        if self._lifecycle.stop():
+            for token in self._in_flight.values():
+                if token is not None:
+                    token.cancel()
+
+    @property
+    def phase(self) -> Phase:
+        return self._lifecycle.phase
 
     async def drain(self, timeout: float) -> None:
         """Wait until every running handler has answered, at most ``timeout`` s."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def cut_short(self, timeout: float) -> None:
+        """Interrupt every request still running, and wait at most ``timeout`` s for their answers.
+
+        The end of the stop sequence, for work that did not end when cancelled
+        (it is inside native code that cannot be interrupted): each handler sees
+        ``asyncio.CancelledError`` where it waits and may still answer (a stream
+        ends itself so); one that does not is answered -32800 here.
+        """
+        self._cutting_short = True
+        for task in self._calls:
+            task.cancel()
+        await self.drain(timeout)
 
     def notify(self, method: str, params: Params) -> None:
         """Send a notification to the host; callable from any thread."""
@@ -217,11 +339,13 @@ class Dispatcher:
         elif prepared is not None and self._answers_at_once(prepared):
             _run_without_waiting(self._answer_one(prepared))
         elif prepared is not None:
-            self._spawn(self._answer_one(prepared))
+            task = self._spawn(self._answer_one(prepared))
+            self._calls.add(task)  # a single request's run is its whole task
+            task.add_done_callback(self._calls.discard)
 
     def _answers_at_once(self, call: _Call) -> bool:
         entry = self._methods.get(call.request["method"])
-        return entry is not None and entry.immediate and call.gate is None
+        return entry is not None and entry.immediate and call.behind_initialize is None
 
     def _handle_batch(self, messages: list[object]) -> None:
         if not messages or len(messages) > MAX_BATCH:
@@ -246,41 +370,25 @@ class Dispatcher:
         except SidecarError as error:
             return _error_response(error, _usable_id(message))
         method, is_notification, request_id = request["method"], "id" not in request, request.get("id")
-        try:
-            gate = self._initialize_gate(method)
-        except SidecarError as error:
-            # A well-formed notification never gets a reply, not even "not initialized"
-            # or "shutting down".
-            return None if is_notification else _error_response(error, request_id)
         entry = self._methods.get(method)
         if is_notification and entry is not None and not entry.accepts_notification:
             log.debug("ignored %s sent as a notification", method)
             return None
+        if not is_notification and request_id in self._in_flight:
+            duplicate = DuplicateRequestId(f"Request id {request_id!r} is already in flight.")
+            return _error_response(duplicate, request_id)
+        try:
+            behind = self._lifecycle.gate(method)  # last: it takes an initialize in
+        except SidecarError as error:
+            # A well-formed notification never gets a reply, not even "not initialized"
+            # or "shutting down".
+            return None if is_notification else _error_response(error, request_id)
         context = RequestContext(request_id, is_notification, time.monotonic_ns(), self.notify)
         if not is_notification:
-            if request_id in self._in_flight:
-                duplicate = DuplicateRequestId(f"Request id {request_id!r} is already in flight.")
-                return _error_response(duplicate, request_id)
             self._in_flight[request_id] = (
                 context.cancel_token if entry is not None and entry.cancellable else None
             )
-        if method == self._initialize_method and not self.initialized:
-            self._initializing = asyncio.get_running_loop().create_future()
-        return _Call(request, context, gate)
-
-    def _initialize_gate(self, method: str) -> asyncio.Future[None] | None:
-        """What a request must wait for before it runs: an ``initialize`` still in progress.
-
-        Before any ``initialize`` only ``initialize`` is taken; a request sent right
-        behind an ``initialize``, before its answer, waits for it.
-        """
-        if self.shutting_down and method in self._methods:
-            raise ShuttingDown("The sidecar is shutting down and takes no new requests.")
-        if self.initialized or method == self._initialize_method or method not in self._methods:
-            return None
-        if self._initializing is None:
-            raise NotInitialized(f"The sidecar is not initialized; send {self._initialize_method!r} first.")
-        return self._initializing
+        return _Call(request, context, behind)
 
     async def _answer_one(self, call: _Call) -> None:
         response = await self._run(call)
@@ -288,7 +396,7 @@ class Dispatcher:
             self._send(response)
 
     async def _answer_batch(self, immediate: list[bytes], calls: list[_Call]) -> None:
-        answers = await asyncio.gather(*(self._run(call) for call in calls))
+        answers = await asyncio.gather(*(self._own_task(self._run(call)) for call in calls))
         answered = [
             (call.context.request_id, line) for call, line in zip(calls, answers, strict=True) if line
         ]
@@ -324,18 +432,19 @@ class Dispatcher:
 
     async def _run(self, call: _Call) -> bytes | None:
         context = call.context
+        request = create_request(call.request)
         try:
-            if call.gate is not None:
-                await asyncio.wait([call.gate])
-                if not self.initialized:
-                    refused = NotInitialized(
-                        f"The sidecar is not initialized; send {self._initialize_method!r} first."
-                    )
-                    return None if context.is_notification else _error_response(refused, context.request_id)
+            if call.behind_initialize is not None:
+                await self._lifecycle.admitted(call.behind_initialize)
             # jsonrpcserver's per-request step: the envelope is already checked, and its
             # batch machinery (a task per request) would only add a loop iteration.
-            request = create_request(call.request)
             _request, result = await dispatch_request(self._jsonrpc_methods, context, request)
+        except SidecarError as refused:  # sent behind an initialize that failed
+            return None if context.is_notification else _error_response(refused, context.request_id)
+        except asyncio.CancelledError:
+            if not self._cutting_short:
+                raise
+            return None if context.is_notification else _error_response(_STOPPED, context.request_id)
         finally:
             if not context.is_notification:
                 self._in_flight.pop(context.request_id, None)
@@ -353,37 +462,43 @@ class Dispatcher:
     def _boundary(self, name: str, entry: MethodEntry) -> Callable[..., Awaitable[Result]]:
         """Wrap a handler so that every outcome is a jsonrpcserver Result."""
 
+        async def checked(context: RequestContext, positional: tuple[object, ...], params: Params) -> object:
+            if positional:
+                raise InvalidParams(
+                    "Invalid params: params must be an object (by-name), not an array.", {"field": ""}
+                )
+            return await entry.handler(context, entry.validate_params(params))
+
+        run = self._lifecycle.watch(name, checked)
+
         # Positional-only: a param named "context" goes into params with the others.
         async def call(context: RequestContext, /, *positional: object, **params: Any) -> Result:
             try:
-                if positional:
-                    raise InvalidParams(
-                        "Invalid params: params must be an object (by-name), not an array.", {"field": ""}
-                    )
-                result = await entry.handler(context, entry.validate_params(params))
-                if name == self._initialize_method:
-                    self.initialized = True
-                return Success(result)
+                return Success(await run(context, positional, params))
             except SidecarError as error:
                 optional_data = () if error.data is None else (error.data,)
                 return Error(error.code, error.message, *optional_data)
             except Exception:
                 log.exception("%s failed", name)
                 return Error(InternalError.code, _SEE_THE_LOG)
-            finally:
-                if name == self._initialize_method and self._initializing is not None:
-                    self._initializing.set_result(None)
-                    self._initializing = None
 
         # jsonrpcserver checks that params bind to the method's signature on every request;
         # this one binds anything, and a precomputed signature spares the inspection (~10 µs).
         call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]
         return call
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _own_task(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """A task for one request's run, known to ``cut_short``."""
+        task = asyncio.ensure_future(coroutine)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return task
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:

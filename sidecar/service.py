@@ -47,6 +47,7 @@ _T = TypeVar("_T")
 # Registers a callback to run (on the event loop) when the request is cancelled.
 OnCancel: TypeAlias = Callable[[Callable[[], None]], None]
 Vectors = list[list[float]]  # named here: inside ModelService, "list" is a method
+Tokens = list[int]
 
 __all__ = [
     "GenerationRequest",
@@ -62,6 +63,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _WEIGHTS_READ = 0.99  # load progress once the weights are read and before the model is ready
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(slots=True, frozen=True)
@@ -440,23 +445,10 @@ class ModelService:
             pieces.append(text)
             on_text(text)
 
-        if request.grammar is not None or request.json_schema is not None:
-            sampling = replace(
-                sampling, grammar=engine_model.grammar_for(request.grammar, request.json_schema)
-            )
-        turn: TurnPrompt | None = None
-        if session is not None:
-            reserve = reply_reserve(session.context_size, request.max_tokens)
-            turn = turn_prompt(engine_model, session, request.text or "", reserve)
-            tokens, template_stops = turn.tokens, turn.stops
-            room = session.context_size - len(tokens)
-            sampling = replace(sampling, max_tokens=min(sampling.max_tokens or room, room))
-        elif request.messages is not None:
-            tokens, template_stops = engine_model.chat_prompt(request.messages)
-        else:
-            tokens, template_stops = engine_model.tokenize(request.prompt or ""), ()
-        if template_stops:
-            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))
+        try:
+            tokens, sampling, turn = self._prompt_tokens(model, session, request, sampling, should_stop)
+        except RequestCancelled:  # cancelled while its prompt was prepared: nothing was evaluated
+            return _cancelled_before_start(received_ns)
         cancelled_while_queued = should_stop()  # then neither the model nor the history is touched
         if not cancelled_while_queued:
             self._hand_context_to(model, session)
@@ -464,11 +456,10 @@ class ModelService:
         # counts in the time to first token.
         ready_ns = time.monotonic_ns()
         if cancelled_while_queued:
-            outcome = GenerationOutcome("cancelled", len(tokens), 0, 0, 0)
-        else:
-            outcome = engine_model.generate(tokens, sampling, collect, should_stop)
-            if session is not None and turn is not None:
-                _append_turn(engine_model, session, turn, request.text or "", outcome, "".join(pieces))
+            return _cancelled_before_start(received_ns)
+        outcome = engine_model.generate(tokens, sampling, collect, should_stop)
+        if session is not None and turn is not None:
+            _append_turn(engine_model, session, turn, request.text or "", outcome, "".join(pieces))
         return GenerationResult(
             text="".join(pieces),
             finish_reason=outcome.finish_reason,
@@ -477,6 +468,44 @@ class ModelService:
             timings=_timings(outcome, (ready_ns - received_ns) / 1e6),
             cut_by_stop_string=outcome.cut_by_stop_string,
         )
+
+    def _prompt_tokens(
+        self,
+        model: LoadedModel,
+        session: Session | None,
+        request: GenerationRequest,
+        sampling: SamplingOptions,
+        should_stop: StopCheck,
+    ) -> tuple[Tokens, SamplingOptions, TurnPrompt | None]:
+        """A prompt's tokens and its final sampling options (grammar, stops, room), on the worker.
+
+        Tokenizing stops once the prompt is known not to fit its context (the
+        engine then refuses it, counting no further), and at a cancel
+        (``RequestCancelled``).
+        """
+        engine_model = model.engine_model
+        if request.grammar is not None or request.json_schema is not None:
+            sampling = replace(
+                sampling, grammar=engine_model.grammar_for(request.grammar, request.json_schema)
+            )
+        turn: TurnPrompt | None = None
+        context = model.facts.context_size
+        if session is not None:
+            reserve = reply_reserve(session.context_size, request.max_tokens)
+            turn = turn_prompt(engine_model, session, request.text or "", reserve, should_stop)
+            tokens, template_stops = turn.tokens, turn.stops
+            room = session.context_size - len(tokens)
+            sampling = replace(sampling, max_tokens=min(sampling.max_tokens or room, room))
+        elif request.messages is not None:
+            tokens, template_stops = engine_model.chat_prompt(
+                request.messages, should_stop=should_stop, limit=context
+            )
+        else:
+            tokens = engine_model.tokenize(request.prompt or "", should_stop=should_stop, limit=context)
+            template_stops = ()
+        if template_stops:
+            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *template_stops))))
+        return tokens, sampling, turn
 
     async def _loads_settled(self) -> None:
         """Wait for the loads that started before now; their failures are their own requests'."""
@@ -488,55 +517,88 @@ class ModelService:
         return await asyncio.to_thread(lambda: self._engine_or_create().inspect(path))
 
     async def embed(
-        self, model_id: str | None, texts: Sequence[str], *, normalize: bool
+        self, model_id: str | None, texts: Sequence[str], *, normalize: bool, cancelled: StopCheck = _never
     ) -> tuple[Vectors, int]:
-        """Embed on the model's worker, in turn with its prompts (it shares their thread and CPU)."""
+        """Embed on the model's worker, in turn with its prompts (it shares their thread and CPU).
+
+        ``cancelled`` (or an unload) stops it between inputs and inside llama.cpp's
+        decode: ``RequestCancelled``.
+        """
         await self._loads_settled()
         model = self._resolve(model_id)
+
+        def should_stop() -> bool:
+            return model.closing or cancelled()
+
         return await self._on_worker(
-            model, functools.partial(model.engine_model.embed, texts, normalize=normalize)
+            model,
+            functools.partial(model.engine_model.embed, texts, normalize=normalize, should_stop=should_stop),
         )
 
     # -- tokens ----------------------------------------------------------
 
     async def tokenize(
-        self, model_id: str | None, text: str, *, add_bos: bool, special: bool
+        self, model_id: str | None, text: str, *, add_bos: bool, special: bool, cancelled: StopCheck = _never
     ) -> Sequence[int]:
         return await self._beside_worker(
-            model_id, lambda model: model.tokenize(text, add_bos=add_bos, special=special)
+            model_id,
+            lambda model, stop: model.tokenize(text, add_bos=add_bos, special=special, should_stop=stop),
+            cancelled,
         )
 
     async def detokenize(self, model_id: str | None, tokens: Sequence[int], *, special: bool) -> str:
-        data = await self._beside_worker(model_id, lambda model: model.detokenize(tokens, special=special))
+        data = await self._beside_worker(
+            model_id, lambda model, _stop: model.detokenize(tokens, special=special), _never
+        )
         return data.decode("utf-8", errors="replace")
 
     async def count_tokens(
-        self, model_id: str | None, prompt: str | None, messages: tuple[ChatMessage, ...] | None
+        self,
+        model_id: str | None,
+        prompt: str | None,
+        messages: tuple[ChatMessage, ...] | None,
+        *,
+        cancelled: StopCheck = _never,
     ) -> tuple[int, int]:
         """Prompt tokens exactly as a prompt would see them, and the context size."""
 
-        def count(model: EngineModel) -> tuple[int, int]:
-            tokens = model.chat_prompt(messages)[0] if messages is not None else model.tokenize(prompt or "")
+        def count(model: EngineModel, stop: StopCheck) -> tuple[int, int]:
+            if messages is not None:
+                tokens = model.chat_prompt(messages, should_stop=stop)[0]
+            else:
+                tokens = model.tokenize(prompt or "", should_stop=stop)
             return len(tokens), model.facts.context_size
 
-        return await self._beside_worker(model_id, count)
+        return await self._beside_worker(model_id, count, cancelled)
 
-    async def _beside_worker(self, model_id: str | None, work: Callable[[EngineModel], _T]) -> _T:
+    async def _beside_worker(
+        self, model_id: str | None, work: Callable[[EngineModel, StopCheck], _T], cancelled: StopCheck
+    ) -> _T:
         """Run read-only token work on its own thread: it need not queue behind generation.
 
         llama.cpp's vocabulary is read-only once loaded, so this is safe next to the
-        worker; the model's lock keeps it from being freed meanwhile.
+        worker; the model's lock keeps it from being freed meanwhile, and an unload
+        stops the work at its next check instead of waiting for it.
         """
         await self._loads_settled()
         model = self._resolve(model_id)
 
+        def unloaded() -> UnknownModelId:
+            return UnknownModelId(f"The model {model.model_id!r} was unloaded.", {"modelId": model.model_id})
+
+        def should_stop() -> bool:
+            return model.closing or cancelled()
+
         def guarded() -> _T:
             with model.use_lock:
                 if model.closing:
-                    raise UnknownModelId(
-                        f"The model {model.model_id!r} was unloaded.", {"modelId": model.model_id}
-                    )
-                return work(model.engine_model)
+                    raise unloaded()
+                try:
+                    return work(model.engine_model, should_stop)
+                except RequestCancelled:
+                    if cancelled():
+                        raise
+                    raise unloaded() from None
 
         return await asyncio.to_thread(guarded)
 

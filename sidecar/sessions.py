@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine.api import ChatMessage, ContextSnapshot, EngineModel, RenderedChat
+from .engine.api import ChatMessage, ContextSnapshot, EngineModel, RenderedChat, StopCheck
 from .errors import ContextOverflow, InvalidParams
 
 __all__ = ["Session", "TurnPrompt", "reply_reserve", "turn_prompt"]
@@ -62,14 +62,18 @@ def reply_reserve(context_size: int, max_tokens: int | None) -> int:
     return min(wanted, context_size // 2)
 
 
-def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -> TurnPrompt:
+def turn_prompt(
+    model: EngineModel, session: Session, text: str, reserve: int, should_stop: StopCheck = lambda: False
+) -> TurnPrompt:
     """The prompt for the user's ``text`` after the session's history.
 
     When it would leave fewer than ``reserve`` tokens of the session's context,
     the oldest turns (after the system prompt) are dropped until the prompt takes
     at most half the context: each drop changes the prompt's start, so the whole
     prompt is evaluated again once, and dropping more than needed lets several
-    turns follow before the next drop.
+    turns follow before the next drop. A prompt is tokenized only as far as the
+    context (a longer one does not fit, however long it is), and ``should_stop``
+    interrupts tokenizing (``RequestCancelled``).
     """
     turn = ChatMessage("user", text)
     limit = session.context_size - reserve
@@ -81,7 +85,7 @@ def turn_prompt(model: EngineModel, session: Session, text: str, reserve: int) -
         if kept not in prompts:
             history = session.messages[starts[len(starts) - 1 - kept] :]
             rendered = _render(model, _conversation(session, history, turn))
-            prompts[kept] = (history, rendered, _tokens(model, session, rendered))
+            prompts[kept] = (history, rendered, _tokens(model, session, rendered, should_stop))
         return len(prompts[kept][2])
 
     kept = _turns_to_keep(len(starts) - 1, size, limit, min(limit, session.context_size // 2))
@@ -131,12 +135,20 @@ def _render(model: EngineModel, conversation: list[ChatMessage]) -> RenderedChat
         ) from refused
 
 
-def _tokens(model: EngineModel, session: Session, rendered: RenderedChat) -> list[int]:
-    """The prompt's tokens: the last turn's own tokens, then the new text's, when it extends that turn."""
+def _tokens(
+    model: EngineModel, session: Session, rendered: RenderedChat, should_stop: StopCheck
+) -> list[int]:
+    """The prompt's tokens: the last turn's own tokens, then the new text's, when it extends that turn.
+
+    Past the session's context the count stops: such a prompt does not fit, whatever its length.
+    """
+    limit = session.context_size
     if session.prefix_tokens and rendered.text.startswith(session.prefix_text):
         rest = rendered.text[len(session.prefix_text) :]
-        return [*session.prefix_tokens, *model.tokenize(rest, add_bos=False)]
-    return model.tokenize(rendered.text, add_bos=rendered.add_bos)
+        room = max(limit - len(session.prefix_tokens), 0)
+        new = model.tokenize(rest, add_bos=False, should_stop=should_stop, limit=room)
+        return [*session.prefix_tokens, *new]
+    return model.tokenize(rendered.text, add_bos=rendered.add_bos, should_stop=should_stop, limit=limit)
 
 
 def _conversation(session: Session, history: tuple[ChatMessage, ...], turn: ChatMessage) -> list[ChatMessage]:

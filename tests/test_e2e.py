@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .harness import RawSidecar
+from .phases import exponential_grammar
 from .tiny_model import LETTERS_FOREVER, write_tiny_model
 
 GREEDY = {"temperature": 0, "seed": 1}
@@ -274,13 +275,20 @@ def test_two_streams_queue_in_arrival_order_and_ping_and_list_answer_meanwhile(l
     assert responses[first]["result"]["usage"]["completionTokens"] == 300
 
 
-def test_after_shutdown_requests_are_refused_and_notifications_get_nothing(loaded: RawSidecar) -> None:
+def test_after_shutdown_requests_are_refused_and_notifications_get_nothing(
+    loaded: RawSidecar, tiny_model: Path
+) -> None:
     stream = loaded.send_request("promptStream", {"prompt": "hello", "maxTokens": 2000, **LETTERS, **GREEDY})
     assert loaded.next_message()["method"] == "streamChunk"
-    # Counting 1.5 MB of text takes a few tenths of a second and cannot be cancelled:
-    # the sidecar waits for its answer before exiting, which leaves time for the lines below.
-    count = loaded.send_request("countTokens", {"prompt": "hello world " * 125_000})
+    # On a second model: a grammar whose set-up llama.cpp cannot interrupt (seconds at this
+    # depth). The stop waits for it, then cuts it short, which leaves time for the lines below.
+    loaded.request("loadModel", {"modelPath": str(tiny_model), "modelId": "stuck"})
+    stuck = loaded.send_request(
+        "promptStream", {"prompt": "hi", "modelId": "stuck", "grammar": exponential_grammar(31)}
+    )
+    time.sleep(0.2)  # let the set-up begin
     assert loaded.request("shutdown") is None
+    stopped_at = time.monotonic()
     for request_id in (stream, "unknown"):
         loaded.send({"jsonrpc": "2.0", "method": "cancel", "params": {"requestId": request_id}})
     late = [loaded.send_request("ping"), loaded.send_request("cancel", {"requestId": stream})]
@@ -288,8 +296,12 @@ def test_after_shutdown_requests_are_refused_and_notifications_get_nothing(loade
         assert loaded.response(request_id)["error"]["code"] == -32007
     _chunks, response = loaded.collect_stream(stream)
     assert response["result"]["finishReason"] == "cancelled"
-    assert loaded.response(count)["result"]["promptTokens"] > 125_000
+    # Cut short: its final chunk and a result all the same, with nothing generated.
+    chunks, response = loaded.collect_stream(stuck)
+    result = _check_stream(chunks, response)
+    assert result["finishReason"] == "cancelled" and result["text"] == ""
     assert loaded.wait_exit() == 0
+    assert time.monotonic() - stopped_at < 2.0
     loaded.stop()
     assert _rest(loaded) == []  # in particular no error with id null for the notifications
 

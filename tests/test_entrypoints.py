@@ -167,3 +167,13 @@ def test_a_line_limit_that_would_refuse_every_line_is_refused_at_start(value: st
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2 and "not a positive number" in done.stderr, done.stderr
+
+
+def test_help_prints_the_usage_to_stdout_and_exits_zero_before_serving() -> None:
+    # PROTOCOL.md §2: the one time stdout carries anything but protocol messages.
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: llama-sidecar") and "--max-line-bytes" in done.stdout
+    assert done.stderr == ""

@@ -16,7 +16,12 @@ every message as it arrives and after every example:
 - no request ends in -32603 (an exception the sidecar did not expect);
 - the sidecar never starts a program, touches the network or writes a file
   (an audit hook watches it; ``downloadModel`` is refused without
-  ``--models-dir``, which this sidecar does not get).
+  ``--models-dir``, which this sidecar does not get);
+- a request with a pathologically long text (one long word, brackets nested deep
+  inside a string, long runs of multibyte characters, of whitespace or of special
+  tokens: up to 1 MiB) in any field that is tokenized, rendered or parsed is answered
+  within its own time budget, and a ``ping`` sent behind it as well (the event
+  loop is never held up).
 
 At the default 250 examples the run sends over 10,000 lines, which must take
 less than a minute. ``SIDECAR_FUZZ_EXAMPLES`` raises the number of examples for
@@ -58,7 +63,10 @@ def _seed_setting() -> int | None:
 
 
 SEED = _seed_setting()
-BUDGET_MESSAGES, BUDGET_SECONDS = 10_000, 60.0
+BUDGET_MESSAGES, BUDGET_SECONDS = 10_000, 60.0  # the ordinary lines; pathological ones are timed apart
+# Each request with a pathological text, and a ping behind it: the target is 1 s; measured at
+# most 0.26 s on the tiny model (tests/test_long_texts.py). A 2-core machine gets a margin.
+PATHOLOGICAL_BUDGET_SECONDS = 3.0
 # shutdown would end the run; unloadModel is fuzzed with made-up model ids only (see _confined).
 METHODS = [
     "initialize",
@@ -129,6 +137,27 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "contextSize": st.integers(-1, 512),
 }
 PARAM_NAMES = list(PLAUSIBLE)
+# Units repeated into pathological texts: a long word, nesting inside a string, multibyte runs
+# (SentencePiece's byte fallback is quadratic in them), whitespace runs, special tokens.
+PATHOLOGICAL_UNITS = [
+    "a",
+    "{[(",
+    '"\\',
+    "日",
+    "😀",
+    "é",
+    " ",
+    "\n",
+    "\u00a0",
+    "<|im_start|>",
+    "a b ",
+    "<s> x",
+]
+pathological_texts = st.builds(
+    lambda unit, count: unit * max(count // len(unit.encode()), 1),
+    st.sampled_from(PATHOLOGICAL_UNITS),
+    st.sampled_from([5_000, 16_385, 100_000, 2**18, 2**20]),  # bytes of UTF-8, about
+)
 # A promptStream refused with one of these never started: it has no final chunk (PROTOCOL.md §4).
 # -32602 is either the schema's (no chunk) or llama.cpp refusing a grammar (a chunk).
 NO_FINAL_CHUNK = {-32600, -32002, -32007, -32009}
@@ -156,6 +185,9 @@ class Fuzzer:
         self.sent = 0
         self.started = 0.0
         self.budget_seconds: float | None = None  # time to send and settle the first 10,000 lines
+        self.pathological_seconds = 0.0  # spent on pathological requests, not counted in the budget
+        self.slowest_pathological = (0.0, "")
+        self.pathological_sent = 0
 
     def new_id(self) -> str:
         return f"fz-{next(self._ids)}"
@@ -192,6 +224,26 @@ class Fuzzer:
                 {"jsonrpc": "2.0", "id": self.new_id(), "method": "cancel", "params": cancel_params}
             )
 
+    def pathological(self, method: str, params: dict[str, Any]) -> None:
+        """Send one request with a pathological text and a ping behind it; both answer in budget."""
+        started = time.monotonic()
+        request_id, ping_id = self.new_id(), self.new_id()
+        self.send_message({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        self.send_message({"jsonrpc": "2.0", "id": ping_id, "method": "ping"})
+        while request_id not in self.outcomes or ping_id not in self.outcomes:
+            took = time.monotonic() - started
+            shape = {
+                key: f"{len(value)} characters" if isinstance(value, str) else value
+                for key, value in params.items()
+            }
+            assert took < PATHOLOGICAL_BUDGET_SECONDS, f"{method} {shape} unanswered after {took:.1f} s"
+            self._take_arrivals()
+            time.sleep(0.002)
+        took = time.monotonic() - started
+        self.pathological_seconds += took
+        self.pathological_sent += 1
+        self.slowest_pathological = max(self.slowest_pathological, (took, method))
+
     def audit(self, timeout: float = 30.0) -> None:
         """Wait for every awaited response, then check what arrived."""
         assert self.sidecar.process.poll() is None, "the sidecar died"
@@ -212,7 +264,7 @@ class Fuzzer:
         unexpected = {key for key in self.responses if key is not None and key not in self.sent_ids}
         assert not unexpected, f"responses to ids never sent as requests: {unexpected}"
         if self.budget_seconds is None and self.sent >= BUDGET_MESSAGES:
-            self.budget_seconds = time.monotonic() - self.started
+            self.budget_seconds = time.monotonic() - self.started - self.pathological_seconds
         self.awaited.clear()
         self.valid_streams.clear()
         self.lines_by_id.clear()
@@ -359,6 +411,33 @@ def fuzz_lines(draw: st.DrawFn, fuzzer: Fuzzer) -> Any:
     return draw(rpc_shapes(fuzzer))
 
 
+@st.composite
+def pathological_requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A request whose tokenized, rendered or parsed text is pathologically long."""
+    text = draw(pathological_texts)
+    message = [{"role": "user", "content": text}]
+    return draw(
+        st.sampled_from(
+            [
+                ("tokenize", {"text": text}),
+                ("tokenize", {"text": text, "special": False}),
+                ("countTokens", {"prompt": text}),
+                ("countTokens", {"messages": message}),
+                ("prompt", {"prompt": text, "maxTokens": 2}),
+                ("promptStream", {"messages": message, "maxTokens": 2}),
+                ("promptStream", {"sessionId": LIVE_SESSION, "text": text, "maxTokens": 2}),
+                ("embed", {"input": [text, "short"]}),
+                ("prompt", {"prompt": "hi", "maxTokens": 2, "stop": [text[:1024]] * 64}),
+                (
+                    "prompt",
+                    {"prompt": "hi", "maxTokens": 2, "grammar": f"root ::= {orjson.dumps(text).decode()}"},
+                ),
+                ("createSession", {"systemPrompt": text}),
+            ]
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audit")
@@ -409,11 +488,17 @@ def test_fuzzed_traffic_keeps_every_invariant(fuzz_target: Fuzzer, data: st.Data
             fuzzer.send_message(line)
         if data.draw(st.integers(0, 30)) == 0:
             fuzzer.real_stream(data.draw(st.integers(1, 40)), cancel=data.draw(st.booleans()))
+        if data.draw(st.integers(0, 60)) == 0:
+            fuzzer.pathological(*data.draw(pathological_requests()))
     fuzzer.audit()
 
 
 def test_ten_thousand_messages_within_a_minute(fuzz_target: Fuzzer) -> None:
     # Runs after the property test in this module (pytest keeps file order).
+    print(  # shown on failure, and with -s
+        f"{fuzz_target.pathological_sent} pathological requests, the slowest answered in "
+        f"{fuzz_target.slowest_pathological[0]:.2f} s ({fuzz_target.slowest_pathological[1]})"
+    )
     if EXAMPLES < DEFAULT_EXAMPLES:
         pytest.skip(f"SIDECAR_FUZZ_EXAMPLES={EXAMPLES} sends fewer messages than the CI budget")
     assert fuzz_target.budget_seconds is not None, f"only {fuzz_target.sent} lines sent"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from sidecar.errors import ERROR_CLASSES
+from sidecar.errors import ERROR_CLASSES, InvalidParams
 from sidecar.methods import build_method_table
-from sidecar.schema import SCHEMA_DIR, method_names, notification_names, validator_for
+from sidecar.schema import SCHEMA_DIR, method_names, notification_names, params_validator, validator_for
 from sidecar.service import ModelService
 from sidecar.settings import Settings
 
@@ -174,3 +175,40 @@ _FINAL = {"requestId": 1, "index": 2, "timestamp": 1, "content": "", "isFinal": 
 def test_the_final_chunk_is_empty_and_an_error_chunk_has_no_usage(chunk: dict[str, Any], valid: bool) -> None:
     # The sidecar always ends a stream this way (methods._ChunkStream.end); the schema holds hosts to it.
     assert validator_for("notifications/streamChunk.json#/$defs/params").is_valid(chunk) is valid
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "bad_item", "field"),
+    [
+        ("detokenize", {"tokens": [5] * 2**20}, -1, "tokens/{index}"),
+        ("detokenize", {"tokens": [5] * 2**20}, True, "tokens/{index}"),
+        ("detokenize", {"tokens": [5] * 2**20}, 2**32, "tokens/{index}"),
+        (
+            "setSessionHistory",
+            {"sessionId": "s", "messages": [{"role": "user", "content": "x"}] * 100_000},
+            {"role": "bot", "content": "x"},
+            "messages/{index}/role",
+        ),
+        (
+            "setSessionHistory",
+            {"sessionId": "s", "messages": [{"role": "user", "content": "x"}] * 100_000},
+            {"role": "user", "content": "x", "extra": 1},
+            "messages/{index}/extra",
+        ),
+        ("embed", {"input": ["x"] * 2048}, 5, "input/{index}"),
+    ],
+)
+def test_long_arrays_are_checked_quickly_and_a_bad_item_is_still_named(
+    method: str, params: dict[str, Any], bad_item: object, field: str
+) -> None:
+    validate = params_validator(method)
+    (name,) = (key for key, value in params.items() if isinstance(value, list))
+    started = time.perf_counter()
+    assert validate(params) is params
+    # The standard jsonschema walk took 5.2 s for 2**20 ids, 1.4 s for 100,000 messages.
+    assert time.perf_counter() - started < 1.0
+    index = len(params[name]) - 2
+    items = [*params[name][:index], bad_item, params[name][-1]]
+    with pytest.raises(InvalidParams) as refused:
+        validate({**params, name: items})
+    assert refused.value.data == {"field": field.format(index=index)}

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import InvalidParams
-from sidecar.rpc import MAX_BATCH, MAX_RESPONSE_BYTES, Dispatcher, MethodEntry, Params, RequestContext
+from sidecar.rpc import MAX_BATCH, MAX_RESPONSE_BYTES, Dispatcher, MethodEntry, Params, Phase, RequestContext
 from sidecar.transport import LineTooLong
 
 
@@ -269,7 +269,7 @@ def test_unknown_methods_and_ignored_notifications() -> None:
 def test_shutting_down_refuses_new_requests() -> None:
     async def scenario(h: Harness) -> None:
         await initialized(h)
-        h.dispatcher.shutting_down = True
+        h.dispatcher.stop()
         h.feed(
             {"jsonrpc": "2.0", "method": "note", "params": {"text": "late"}},
             request(1, "echo", {"text": "late"}),
@@ -284,7 +284,7 @@ def test_shutting_down_refuses_new_requests() -> None:
 def test_an_unknown_method_while_stopping_is_still_method_not_found() -> None:
     async def scenario(h: Harness) -> None:
         await initialized(h)
-        h.dispatcher.shutting_down = True
+        h.dispatcher.stop()
         h.feed(request(1, "nope"))
         assert (await h.settle())[0]["error"]["code"] == -32601
 
@@ -335,5 +335,65 @@ def test_an_immediate_method_before_initialize_waits_like_any_other() -> None:
         h.feed(request(0, "initialize"), request(1, "now", {"text": "behind initialize"}))
         assert h.sent == []  # it waits for initialize, on a task
         assert [message["id"] for message in await h.settle()] == [0, 1]
+
+    run(scenario)
+
+
+def test_the_lifecycle_moves_new_initializing_ready_stopping() -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.dispatcher.phase is Phase.NEW
+        h.feed(request(1, "initialize"))
+        assert h.dispatcher.phase is Phase.INITIALIZING
+        await h.settle()
+        assert h.dispatcher.phase is Phase.READY
+        h.feed(request(2, "initialize"))  # again: it answers the same, and the sidecar stays ready
+        assert (await h.settle())[0]["result"] == {"ok": True}
+        assert h.dispatcher.phase is Phase.READY
+        h.dispatcher.stop()
+        assert h.dispatcher.phase is Phase.STOPPING
+        h.feed(request(3, "initialize"))
+        assert (await h.settle())[0]["error"]["code"] == -32007
+
+    run(scenario)
+
+
+def test_a_failed_initialize_goes_back_to_new_and_refuses_what_waited_for_it() -> None:
+    async def scenario(h: Harness) -> None:
+        h.feed(request(1, "initialize", ["by position"]), request(2, "echo", {"text": "behind"}))
+        assert h.dispatcher.phase is Phase.INITIALIZING
+        answers = {message["id"]: message for message in await h.settle()}
+        assert answers[1]["error"]["code"] == -32602 and answers[2]["error"]["code"] == -32002
+        assert h.dispatcher.phase is Phase.NEW
+        h.feed(request(3, "echo", {"text": "still not"}))
+        assert (await h.settle())[0]["error"]["code"] == -32002
+
+    run(scenario)
+
+
+def test_a_notification_or_a_duplicate_initialize_takes_nothing_in() -> None:
+    async def scenario(h: Harness) -> None:
+        h.feed({"jsonrpc": "2.0", "method": "initialize"})  # ignored: nothing waits for it
+        assert h.dispatcher.phase is Phase.NEW
+        h.feed(request(1, "hold"))
+        assert (await h.settle())[0]["error"]["code"] == -32002
+
+    run(scenario)
+
+
+def test_the_stop_cuts_short_what_does_not_answer_and_keeps_batches_whole() -> None:
+    async def scenario(h: Harness) -> None:
+        await initialized(h)
+        h.feed(request(1, "hold"), [request(2, "hold"), request(3, "echo", {"text": "done"})])
+        await asyncio.sleep(0)
+        h.dispatcher.stop()  # "hold" is not cancellable: it goes on waiting
+        await h.dispatcher.drain(0.05)
+        assert h.sent == []
+        await h.dispatcher.cut_short(1.0)
+        single, batch = h.sent
+        assert single["id"] == 1 and single["error"]["code"] == -32800
+        assert [(item["id"], item.get("result", item.get("error", {}).get("code"))) for item in batch] == [
+            (2, -32800),
+            (3, "done"),
+        ]
 
     run(scenario)

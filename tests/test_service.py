@@ -36,6 +36,10 @@ from sidecar.settings import Settings
 FACTS = ModelFacts(512, 512, 100, 1, "fake", None, False)
 
 
+def never() -> bool:
+    return False
+
+
 class FakeModel:
     """Emits one piece per 'token' every ``pause`` seconds until stopped or out of tokens.
 
@@ -54,10 +58,20 @@ class FakeModel:
     def facts(self) -> ModelFacts:
         return FACTS
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+    def chat_prompt(
+        self, messages: Sequence[ChatMessage], *, should_stop: StopCheck = never, limit: int | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
         return [1] * len(messages), ()
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+    def tokenize(
+        self,
+        text: str,
+        *,
+        add_bos: bool = True,
+        special: bool = True,
+        should_stop: StopCheck = never,
+        limit: int | None = None,
+    ) -> list[int]:
         return [1] * len(text)
 
     def detokenize(
@@ -85,7 +99,9 @@ class FakeModel:
             produced += 1
         return GenerationOutcome("length", len(prompt_tokens), produced, 1_000_000, 2_000_000)
 
-    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: Sequence[str], *, normalize: bool, should_stop: StopCheck = never
+    ) -> tuple[list[list[float]], int]:
         return [[1.0]] * len(texts), len(texts)
 
     def close(self) -> None:
@@ -119,10 +135,6 @@ class FakeEngine:
 
 def prompt(text: str, max_tokens: int = 3, model_id: str | None = None) -> GenerationRequest:
     return GenerationRequest(model_id=model_id, prompt=text, messages=None, max_tokens=max_tokens)
-
-
-def never() -> bool:
-    return False
 
 
 class Collect:
@@ -312,6 +324,29 @@ def test_llama_cpp_failing_mid_decode_is_generation_failed(
         monkeypatch.undo()
         result = await service.generate(prompt("hello", 5), Collect(), never, time.monotonic_ns())
         assert result.completion_tokens == 5
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_prompt_cancelled_while_it_is_tokenized_counts_nothing(default_model: str) -> None:
+    async def scenario() -> None:
+        service = ModelService(LlamaCppEngine)
+        # SmolLM2's context holds several pieces of prose (about 1,800 tokens each).
+        await service.load(default_model, None, LoadOptions(context_size=8192, threads=1), None)
+        checks = 0
+
+        def cancelled_after_two_pieces() -> bool:
+            nonlocal checks
+            checks += 1
+            return checks > 2
+
+        # 1.1 tokenized such a prompt whole, then reported its 300,000 tokens as cancelled.
+        long_prompt = GenerationRequest(model_id=None, prompt="hello world " * 100_000, messages=None)
+        sink = Collect()
+        result = await service.generate(long_prompt, sink, cancelled_after_two_pieces, time.monotonic_ns())
+        assert (result.finish_reason, result.prompt_tokens, result.completion_tokens) == ("cancelled", 0, 0)
+        assert sink.ends == [result] and checks == 3
         await service.close()
 
     asyncio.run(scenario())

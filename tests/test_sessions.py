@@ -235,8 +235,8 @@ class _CountingRenders:
         self.renders += 1
         return self.model.render_chat(messages)
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        return self.model.tokenize(text, add_bos=add_bos, special=special)
+    def tokenize(self, text: str, **options: Any) -> list[int]:
+        return self.model.tokenize(text, **options)
 
 
 def _dropped_one_turn_at_a_time(

@@ -27,11 +27,25 @@ __all__ = [
     "RenderedChat",
     "SamplingOptions",
     "StopCheck",
+    "UnbrokenText",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 StopCheck = Callable[[], bool]
 LoadProgress = Callable[[float], None]  # 0 to 1, as the engine reads the model's weights
+
+
+class UnbrokenText(Exception):
+    """A text holds a stretch longer than the tokenizer takes in one go, with no place to cut it.
+
+    ``length`` is that stretch's (or the text's) length in characters, ``limit``
+    the longest the model's tokenizer takes; ``index`` which of several texts it
+    was (an embed input), when the engine knows.
+    """
+
+    def __init__(self, length: int, limit: int, index: int | None = None) -> None:
+        super().__init__(f"{length} characters with no place to cut; at most {limit}")
+        self.length, self.limit, self.index = length, limit, index
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,19 +152,37 @@ class EngineModel(Protocol):
     @property
     def facts(self) -> ModelFacts: ...
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
-        """Tokens of ``messages`` rendered with the model's own chat template, and its stop strings."""
+    def chat_prompt(
+        self, messages: Sequence[ChatMessage], *, should_stop: StopCheck = ..., limit: int | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """Tokens of ``messages`` rendered with the model's own chat template, and its stop strings.
+
+        ``should_stop`` and ``limit`` as for ``tokenize``.
+        """
         ...
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> RenderedChat:
         """``messages`` rendered with the model's chat template, generation prompt appended."""
         ...
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        """Tokens of ``text``.
+    def tokenize(
+        self,
+        text: str,
+        *,
+        add_bos: bool = True,
+        special: bool = True,
+        should_stop: StopCheck = ...,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Tokens of ``text``, the same as the whole text tokenized at once.
 
         ``add_bos`` applies the model's beginning-of-sequence rule; ``special``
-        reads control-token text (``<|im_start|>``) as the control token.
+        reads control-token text (``<|im_start|>``) as the control token. A long
+        text is tokenized in pieces: ``should_stop`` is polled between them
+        (``RequestCancelled`` when it turns true), and with ``limit`` tokenizing
+        ends once more than ``limit`` tokens are made (the list is then longer than
+        ``limit``, and not necessarily the whole text's). Text the tokenizer cannot
+        take in bounded time is refused with ``TextTooHard``.
         """
         ...
 
@@ -183,8 +215,13 @@ class EngineModel(Protocol):
         """
         ...
 
-    def embed(self, texts: Sequence[str], *, normalize: bool) -> tuple[list[list[float]], int]:
-        """One vector per text (pooled as the model says, else the mean of its tokens); tokens read."""
+    def embed(
+        self, texts: Sequence[str], *, normalize: bool, should_stop: StopCheck = ...
+    ) -> tuple[list[list[float]], int]:
+        """One vector per text (pooled as the model says, else the mean of its tokens); tokens read.
+
+        ``should_stop`` is polled between inputs and during llama.cpp's decode (``RequestCancelled``).
+        """
         ...
 
     def save_context(self) -> ContextSnapshot:
