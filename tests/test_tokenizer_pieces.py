@@ -33,7 +33,7 @@ CORPORA = {
     # U+2581 itself is what SentencePiece writes for a space, and comes back as one (§3).
     "prose": (ROOT / "protocol" / "PROTOCOL.md").read_text()[:40_000].replace("\u2581", "_"),
     "code": "".join(
-        (ROOT / path).read_text() for path in ("sidecar/rpc.py", "electron-example/src/client/framing.ts")
+        (ROOT / path).read_text() for path in ("sidecar/rpc.py", "electron-example/client/src/framing.ts")
     ),
     "multilingual": (
         "Le café coûte 3,50 €. Größe: groß. 日本語のテキストです。中文文本，没有空格。Русский текст. "
