@@ -449,14 +449,12 @@ class ModelService:
             tokens, sampling, turn = self._prompt_tokens(model, session, request, sampling, should_stop)
         except RequestCancelled:  # cancelled while its prompt was prepared: nothing was evaluated
             return _cancelled_before_start(received_ns)
-        cancelled_while_queued = should_stop()  # then neither the model nor the history is touched
-        if not cancelled_while_queued:
-            self._hand_context_to(model, session)
+        if should_stop():  # the same, just after: neither the model nor the history is touched
+            return _cancelled_before_start(received_ns)
+        self._hand_context_to(model, session)
         # Everything before generation (queue, template, tokens, a session's context switch)
         # counts in the time to first token.
         ready_ns = time.monotonic_ns()
-        if cancelled_while_queued:
-            return _cancelled_before_start(received_ns)
         outcome = engine_model.generate(tokens, sampling, collect, should_stop)
         if session is not None and turn is not None:
             _append_turn(engine_model, session, turn, request.text or "", outcome, "".join(pieces))
